@@ -1,0 +1,293 @@
+// ray::config — the typed configuration (schema of shared/spec/config.md), its built-in profiles, the loader
+// (profile < JSON file < RAY_* env < flags), validation, and the explain/defaults views.
+//
+// Naming: every member is the snake_case form of the JSON key of the TypeScript gateway (`requestBodyLimitBytes`
+// → `request_body_limit_bytes`). Units are in the name (…_ms, …_bytes, …_mib). Plain data, no I/O in the structs.
+// Thread-safety: a loaded `config` is immutable and may be shared read-only between threads.
+#pragma once
+
+#include "ray/core/core.hpp"
+
+#include <boost/json/value.hpp>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ray::config {
+
+inline constexpr std::string_view profile_names[] = {"tiny", "sub1b", "sub1b-cax11", "1b",
+                                                      "1b-8gb", "vps", "balanced"};
+
+struct server_config {
+  std::string host{"127.0.0.1"};
+  std::uint32_t port{3000};
+  std::uint32_t request_body_limit_bytes{32'000};
+  std::uint32_t threads{1};
+  std::uint32_t max_connections{256};
+  std::uint32_t max_header_bytes{12'288};
+  std::uint32_t max_headers{64};
+  std::uint32_t max_target_bytes{8192};
+  std::uint32_t headers_timeout_ms{15'000};
+  std::uint32_t body_timeout_ms{30'000};
+  std::uint32_t keep_alive_timeout_ms{75'000};
+  std::uint32_t max_requests_per_connection{1000};
+  std::uint32_t sse_keep_alive_ms{10'000};
+  std::uint32_t stream_buffer_bytes{1u << 20};
+  std::uint32_t shutdown_grace_ms{25'000};
+  std::vector<std::string> cors_allow_origins{};
+  bool allow_unauthenticated_public{false};
+};
+
+struct openai_config {
+  bool strict_model_names{false};
+  std::optional<std::uint32_t> default_max_tokens{};  // unset = model.max_output_tokens
+};
+
+// A warm-up request: the /v1/infer body fields it may carry (validated like a request at load time).
+struct warmup_request {
+  std::optional<std::string> input{};
+  std::optional<std::string> system{};
+  std::optional<std::string> template_id{};
+  std::map<std::string, std::string> template_variables{};
+  std::optional<std::uint32_t> max_tokens{};
+  std::optional<double> temperature{};
+  std::optional<std::int64_t> seed{};
+};
+
+struct launch_profile {
+  std::string preset{};
+  std::string binary_path{"/usr/local/bin/llama-server"};
+  std::string model_path{};  // default /var/lib/ray/models/<modelRef>.gguf
+  std::string host{"127.0.0.1"};
+  std::uint32_t port{8081};
+  std::string alias{};
+  std::uint32_t ctx_size{3072};
+  std::uint32_t parallel{2};
+  std::uint32_t threads{2};
+  std::optional<std::uint32_t> threads_batch{};
+  std::optional<std::uint32_t> threads_http{};
+  std::uint32_t batch_size{256};
+  std::uint32_t ubatch_size{128};
+  std::uint32_t cache_reuse{256};
+  std::int64_t cache_ram_mib{512};  // -1 unlimited, 0 off
+  bool cache_prompt{true};
+  bool continuous_batching{true};
+  bool enable_metrics{true};
+  bool expose_slots{true};
+  bool warmup{true};
+  bool enable_unified_kv{false};
+  bool cache_idle_slots{true};
+  bool context_shift{false};
+  std::vector<std::string> extra_args{};
+  bool supervise{false};
+  std::uint32_t load_timeout_ms{300'000};
+};
+
+enum class adapter_kind { mock, openai_compatible, llama_cpp };
+std::string_view adapter_kind_name(adapter_kind k) noexcept;  // "mock" | "openai-compatible" | "llama.cpp"
+
+struct adapter_config {
+  adapter_kind kind{adapter_kind::mock};
+  // mock
+  std::uint32_t latency_ms{35};
+  std::string seed{"ray"};
+  std::uint32_t tokens_per_second{0};
+  // openai-compatible and llama.cpp
+  std::string base_url{};
+  std::string model_ref{};
+  std::uint32_t timeout_ms{18'000};
+  std::optional<std::string> api_key_env{};
+  std::map<std::string, std::string> headers{};
+  std::vector<warmup_request> warmup_requests{};
+  // llama.cpp
+  bool cache_prompt{true};
+  std::optional<std::int32_t> slot_id{};
+  std::uint32_t slot_state_ttl_ms{250};
+  std::uint32_t slot_snapshot_timeout_ms{250};
+  std::uint32_t health_interval_ms{2000};
+  std::uint32_t health_timeout_ms{5000};
+  std::optional<launch_profile> launch{};  // JSON key "launchProfile"
+};
+
+struct model_config {
+  std::string id{"tiny-dev"};
+  std::string family{"tiny"};
+  std::string quantization{"unknown"};
+  std::uint32_t context_window{4096};
+  std::uint32_t max_output_tokens{192};
+  bool warm_on_boot{false};
+  std::vector<std::string> aliases{};
+  adapter_config adapter{};
+};
+
+struct scheduler_config {
+  std::uint32_t concurrency{1};
+  std::uint32_t max_queue{32};
+  std::uint32_t max_queued_tokens{12'000};
+  std::uint32_t max_inflight_tokens{2500};
+  std::uint32_t request_timeout_ms{8000};
+  bool dedupe_inflight{true};
+  std::uint32_t batch_window_ms{0};
+  std::uint32_t affinity_lookahead{8};
+  std::uint32_t short_job_max_tokens{96};
+  std::optional<std::uint32_t> queue_timeout_ms{};        // unset = request_timeout_ms
+  std::optional<std::uint32_t> first_token_timeout_ms{};  // unset = request_timeout_ms
+  std::uint32_t idle_token_timeout_ms{30'000};
+  std::uint32_t starvation_ms{2000};
+};
+
+enum class cache_key_strategy { input, input_params };
+
+struct cache_config {
+  bool enabled{true};
+  std::uint32_t max_entries{128};
+  std::uint64_t max_bytes{1u << 20};
+  std::uint32_t ttl_ms{30'000};
+  cache_key_strategy key_strategy{cache_key_strategy::input_params};
+};
+
+struct degradation_config {
+  bool enabled{true};
+  std::uint32_t queue_depth_threshold{8};
+  std::uint32_t max_prompt_chars{4000};
+  std::uint32_t degrade_to_max_tokens{96};
+  std::uint32_t memory_rss_threshold_mib{256};
+  double memory_cgroup_pressure_ratio_threshold{0.9};
+  double cpu_throttled_ratio_threshold{0.2};
+  double memory_psi_some_avg10_threshold{10};
+  double memory_psi_full_avg10_threshold{1};
+  double cpu_psi_some_avg10_threshold{50};
+  double cpu_psi_full_avg10_threshold{5};
+  double shed_at_memory_psi_full_avg10{20};
+  std::vector<std::string> watch_cgroups{};
+};
+
+struct prompt_compiler_config {
+  bool enabled{true};
+  bool collapse_whitespace{true};
+  bool dedupe_repeated_lines{true};
+  std::vector<std::string> family_metadata_keys{"promptFamily", "taskTemplate", "template", "useCase"};
+};
+
+enum class lane { short_lane, draft };
+
+struct template_config {
+  std::string family{};
+  lane lane_{lane::draft};  // JSON key "lane": "short" | "draft"
+  std::optional<std::string> system{};
+  std::string input{};
+  std::vector<std::string> variables{};
+  std::optional<std::uint32_t> default_max_tokens{};
+  std::optional<std::string> response_format{};  // "text" | "json_object"
+};
+
+struct async_queue_config {
+  bool enabled{false};
+  std::string storage_dir{"./data/async-queue"};
+  std::uint32_t max_jobs{32};
+  std::uint32_t min_free_storage_mib{64};
+  std::uint64_t completed_ttl_ms{86'400'000};
+  std::uint32_t poll_interval_ms{1000};
+  std::uint32_t dispatch_concurrency{1};
+  std::uint32_t max_attempts{3};
+  std::uint32_t callback_timeout_ms{5000};
+  std::uint32_t max_callback_attempts{5};
+  std::vector<std::string> callback_allowed_hosts{};
+  bool callback_allow_private_network{false};
+  std::optional<std::string> callback_secret_env{};
+};
+
+enum class log_level { debug, info, warn, error };
+
+struct telemetry_config {
+  std::string service_name{"ray-gateway"};
+  log_level level{log_level::info};  // JSON key "logLevel"
+  std::uint32_t slow_request_threshold_ms{750};
+};
+
+struct auth_config {
+  bool enabled{false};
+  std::string api_key_env{"RAY_API_KEYS"};
+  std::vector<std::string> api_key_sha256{};
+};
+
+enum class rate_limit_key { ip, api_key, ip_api_key };
+
+struct rate_limit_config {
+  bool enabled{false};
+  std::uint32_t window_ms{60'000};
+  std::uint32_t max_requests{120};
+  std::uint32_t max_keys{2048};
+  rate_limit_key key_strategy{rate_limit_key::ip};
+  bool trust_proxy_headers{false};
+};
+
+struct config {
+  std::string profile{"tiny"};
+  server_config server{};
+  openai_config openai{};
+  model_config model{};
+  scheduler_config scheduler{};
+  cache_config cache{};
+  degradation_config graceful_degradation{};
+  prompt_compiler_config prompt_compiler{};
+  std::map<std::string, template_config> templates{};  // JSON "prompts": {"templates": {...}}
+  async_queue_config async_queue{};
+  telemetry_config telemetry{};
+  auth_config auth{};
+  rate_limit_config rate_limit{};
+  std::map<std::string, std::string> tags{};
+};
+
+// The complete built-in defaults of a profile (config.md "Profiles"), or an error for an unknown name.
+result<config> profile_defaults(std::string_view profile);
+
+// Command-line flags of `ray serve` that override config (highest precedence). Unset = not given.
+struct flag_overrides {
+  std::optional<std::string> profile{};
+  std::optional<std::string> host{};
+  std::optional<std::uint32_t> port{};
+  std::optional<std::string> backend_url{};     // selects the llama.cpp adapter at that URL
+  std::optional<std::string> model_path{};      // llama.cpp + launchProfile.supervise
+  std::optional<std::string> llama_server{};    // launchProfile.binaryPath
+  bool allow_unauthenticated_public{false};
+};
+
+// Where a value came from: "profile:<name>", "file", "env:RAY_X", "flag:--port".
+using source_map = std::map<std::string, std::string>;  // JSON path ("server.port") -> source
+
+// A warning produced while loading (ignored TypeScript-era keys, unknown RAY_* variables, capped values).
+struct load_warning {
+  std::string message;
+  boost::json::object fields{};
+};
+
+struct loaded_config {
+  config cfg;
+  source_map sources;
+  std::vector<load_warning> warnings;
+};
+
+// Environment access is injected so tests do not touch the process environment.
+using env_map = std::map<std::string, std::string>;
+env_map process_environment();  // the RAY_* (and referenced) variables of this process
+
+// Loads: profile defaults < file (if path non-empty) < env < flags, then validates everything.
+// Errors name the JSON path, the value and the rule (e.g. `scheduler.maxQueue: 0 is below the minimum 1`), and
+// for unknown keys suggest the closest valid one. Does not check that secrets, model files or dirs exist.
+result<loaded_config> load(std::string const& file_path, env_map const& env, flag_overrides const& flags);
+
+// Same, from JSON text already read (tests; `file_label` is used in messages).
+result<loaded_config> load_from_text(std::string_view json_text, env_map const& env, flag_overrides const& flags);
+
+// The effective config as JSON in the TypeScript gateway's camelCase layout (complete: every field).
+boost::json::object to_json(config const& cfg);
+// The same with secrets redacted (adapter header values, key digests) — what /v1/config serves, plus "_sources".
+boost::json::object to_public_json(loaded_config const& loaded);
+// `ray config explain`: every effective value with its source, one per line: `server.port = 3000  (profile:tiny)`.
+std::string explain(loaded_config const& loaded);
+
+}  // namespace ray::config

@@ -1,0 +1,150 @@
+#include "ray/core/core.hpp"
+
+#include <array>
+#include <cstdio>
+#include <ctime>
+#include <random>
+#include <stdexcept>
+
+namespace ray {
+
+std::string_view code_name(errc code) noexcept {
+  switch (code) {
+    case errc::invalid_request: return "invalid_request";
+    case errc::invalid_json: return "invalid_json";
+    case errc::unauthorized: return "unauthorized";
+    case errc::not_found: return "not_found";
+    case errc::job_not_found: return "job_not_found";
+    case errc::model_not_found: return "model_not_found";
+    case errc::method_not_allowed: return "method_not_allowed";
+    case errc::request_read_timeout: return "request_read_timeout";
+    case errc::length_required: return "length_required";
+    case errc::body_too_large: return "body_too_large";
+    case errc::request_context_window_exceeded: return "request_context_window_exceeded";
+    case errc::request_token_budget_exceeded: return "request_token_budget_exceeded";
+    case errc::request_target_too_large: return "request_target_too_large";
+    case errc::unsupported_media_type: return "unsupported_media_type";
+    case errc::unsupported_content_encoding: return "unsupported_content_encoding";
+    case errc::unsupported_expectation: return "unsupported_expectation";
+    case errc::rate_limited: return "rate_limited";
+    case errc::request_headers_too_large: return "request_headers_too_large";
+    case errc::not_implemented: return "not_implemented";
+    case errc::provider_upstream_error: return "provider_upstream_error";
+    case errc::provider_invalid_response: return "provider_invalid_response";
+    case errc::provider_request_failed: return "provider_request_failed";
+    case errc::queue_full: return "queue_full";
+    case errc::overloaded: return "overloaded";
+    case errc::provider_unavailable: return "provider_unavailable";
+    case errc::async_queue_full: return "async_queue_full";
+    case errc::async_queue_storage_low: return "async_queue_storage_low";
+    case errc::shutting_down: return "shutting_down";
+    case errc::async_queue_disabled: return "async_queue_disabled";
+    case errc::request_timeout: return "request_timeout";
+    case errc::provider_timeout: return "provider_timeout";
+    case errc::context_length_exceeded: return "context_length_exceeded";
+  }
+  return "internal_error";
+}
+
+void throw_exception_from_error(error const& e, boost::source_location const&) {
+  throw std::runtime_error(std::string(code_name(e.code)) + ": " + e.message);
+}
+
+namespace {
+class real_clock final : public clock {
+ public:
+  time_point now() const noexcept override { return std::chrono::steady_clock::now(); }
+  std::chrono::system_clock::time_point wall() const noexcept override {
+    return std::chrono::system_clock::now();
+  }
+};
+
+std::uint64_t next_random() noexcept {
+  // splitmix64 over a per-thread state seeded once from the OS.
+  thread_local std::uint64_t state = [] {
+    std::random_device rd;
+    return (std::uint64_t{rd()} << 32) ^ rd();
+  }();
+  std::uint64_t z = (state += 0x9E3779B97F4A7C15ULL);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+}  // namespace
+
+clock const& system_clock() noexcept {
+  static real_clock c;
+  return c;
+}
+
+std::string new_id(std::string_view prefix) {
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out(prefix);
+  out.resize(prefix.size() + 16);
+  std::uint64_t r = next_random();
+  for (std::size_t i = 0; i < 16; ++i) out[prefix.size() + i] = hex[(r >> (i * 4)) & 0xF];
+  return out;
+}
+
+std::string new_request_id() { return new_id("req_"); }
+
+bool is_valid_request_id(std::string_view id) noexcept {
+  if (id.empty() || id.size() > 128) return false;
+  for (char c : id) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+              c == '_' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+std::size_t count_code_points(std::string_view s) noexcept {
+  std::size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+std::size_t estimate_tokens(std::string_view s) noexcept {
+  std::size_t non_ascii = 0;
+  for (unsigned char c : s) non_ascii += (c >= 0xC0);
+  std::size_t by_bytes = (s.size() + 3) / 4;
+  return by_bytes > non_ascii ? by_bytes : non_ascii;
+}
+
+std::size_t utf8_safe_prefix(std::string_view s, std::size_t max_bytes) noexcept {
+  if (max_bytes >= s.size()) return s.size();
+  std::size_t n = max_bytes;
+  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+  return n;
+}
+
+std::string format_timestamp(std::chrono::system_clock::time_point t) {
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+  std::time_t secs = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  std::array<char, 32> buf{};
+  std::snprintf(buf.data(), buf.size(), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
+  return buf.data();
+}
+
+std::string_view trim(std::string_view s) noexcept {
+  auto ws = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; };
+  while (!s.empty() && ws(s.front())) s.remove_prefix(1);
+  while (!s.empty() && ws(s.back())) s.remove_suffix(1);
+  return s;
+}
+
+bool iequals(std::string_view a, std::string_view b) noexcept {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    char x = a[i], y = b[i];
+    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
+    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
+    if (x != y) return false;
+  }
+  return true;
+}
+
+}  // namespace ray

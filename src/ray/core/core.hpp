@@ -1,0 +1,124 @@
+// ray::core — vocabulary shared by every component: error codes and the result type, the clock seam,
+// request ids, the token estimate and small text helpers. No I/O; safe to use from any thread.
+#pragma once
+
+#include <boost/json/object.hpp>
+#include <boost/system/result.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace ray {
+
+// Every error Ray can report to a client. The HTTP status and retry headers of each live in exactly one place
+// (api::error_response); the wire name of each is code_name().
+enum class errc : std::uint8_t {
+  invalid_request,
+  invalid_json,
+  unauthorized,
+  not_found,
+  job_not_found,
+  model_not_found,
+  method_not_allowed,
+  request_read_timeout,
+  length_required,
+  body_too_large,
+  request_context_window_exceeded,
+  request_token_budget_exceeded,
+  request_target_too_large,
+  unsupported_media_type,
+  unsupported_content_encoding,
+  unsupported_expectation,
+  rate_limited,
+  request_headers_too_large,
+  not_implemented,
+  provider_upstream_error,
+  provider_invalid_response,
+  provider_request_failed,
+  queue_full,
+  overloaded,
+  provider_unavailable,
+  async_queue_full,
+  async_queue_storage_low,
+  shutting_down,
+  async_queue_disabled,
+  request_timeout,
+  provider_timeout,
+  context_length_exceeded,  // OpenAI-route wording of a context overflow (400)
+};
+
+// The lower_snake wire name of a code, e.g. "queue_full".
+std::string_view code_name(errc code) noexcept;
+
+// An error as a value: a code, a message that tells the user what to do, optional structured details and,
+// for errors whose Retry-After is computed where the error happens, the unrounded retry delay.
+struct error {
+  errc code{errc::invalid_request};
+  std::string message;
+  boost::json::object details{};
+  std::optional<double> retry_after_ms{};
+  std::string param{};  // OpenAI `param` (field path) when known
+
+  error() = default;
+  error(errc c, std::string msg) : code(c), message(std::move(msg)) {}
+};
+
+// boost::system::result needs this to throw from value() on an error (only ever reached by a bug).
+[[noreturn]] void throw_exception_from_error(error const& e, boost::source_location const& loc);
+
+template <class T>
+using result = boost::system::result<T, error>;
+
+// Clock seam: everything that depends on time takes a clock so tests inject one.
+class clock {
+ public:
+  using time_point = std::chrono::steady_clock::time_point;
+  virtual ~clock() = default;
+  virtual time_point now() const noexcept = 0;
+  virtual std::chrono::system_clock::time_point wall() const noexcept = 0;
+};
+
+// The process-wide real clock (steady for durations, system for timestamps).
+clock const& system_clock() noexcept;
+
+// A clock tests move by hand. Not thread-safe.
+class manual_clock final : public clock {
+ public:
+  time_point now() const noexcept override { return now_; }
+  std::chrono::system_clock::time_point wall() const noexcept override { return wall_; }
+  void advance(std::chrono::nanoseconds d) noexcept {
+    now_ += d;
+    wall_ += std::chrono::duration_cast<std::chrono::system_clock::duration>(d);
+  }
+
+ private:
+  time_point now_{std::chrono::hours(1000)};
+  std::chrono::system_clock::time_point wall_{std::chrono::seconds(1'800'000'000)};
+};
+
+// "req_" + 16 lowercase hex digits from a fast per-thread generator seeded from the OS.
+std::string new_request_id();
+// "<prefix>" + 16 lowercase hex digits.
+std::string new_id(std::string_view prefix);
+// An incoming x-request-id is echoed when it is 1–128 chars of [A-Za-z0-9._-].
+bool is_valid_request_id(std::string_view id) noexcept;
+
+// Number of Unicode code points in UTF-8 text (invalid bytes count as one each).
+std::size_t count_code_points(std::string_view utf8) noexcept;
+// Token estimate: ceil(bytes / 4), but at least the number of non-ASCII code points.
+std::size_t estimate_tokens(std::string_view utf8) noexcept;
+// Largest prefix length <= max_bytes that does not split a UTF-8 code point.
+std::size_t utf8_safe_prefix(std::string_view utf8, std::size_t max_bytes) noexcept;
+
+// RFC 3339 UTC timestamp with milliseconds, e.g. "2026-11-27T16:15:53.123Z".
+std::string format_timestamp(std::chrono::system_clock::time_point t);
+
+// Trim ASCII whitespace at both ends.
+std::string_view trim(std::string_view s) noexcept;
+// ASCII case-insensitive equality.
+bool iequals(std::string_view a, std::string_view b) noexcept;
+
+}  // namespace ray
