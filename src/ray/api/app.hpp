@@ -1,0 +1,76 @@
+// Private to ray::api: the process-wide state the handlers share, and the router.
+#pragma once
+
+#include "ray/api/api.hpp"
+#include "ray/backend/backend.hpp"
+#include "ray/telemetry/telemetry.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+
+namespace ray::api {
+
+enum class route_id : std::uint8_t {
+  root,
+  livez,
+  readyz,
+  health,
+  metrics,
+  config,
+  infer,
+  jobs,
+  job,
+  embeddings,
+  none
+};
+
+struct route_info {
+  route_id id{route_id::none};
+  std::string_view label{"other"};  // the path template, the `route` metric label
+  std::string_view allow{};         // the `allow` header for 405
+};
+
+// Matches a path to its route (exact paths; "/v1/jobs/{id}").
+route_info match_route(std::string_view path) noexcept;
+
+struct app {
+  config::loaded_config const& loaded;
+  telemetry::logger& log;
+  telemetry::registry& metrics;
+  backend::backend& backend;
+  runtime::runtime& rt;
+  http::server* server{nullptr};
+  std::atomic<bool> shutting_down{false};
+  std::chrono::steady_clock::time_point started{std::chrono::steady_clock::now()};
+  std::unique_ptr<telemetry::rejection_summarizer> rejections;
+
+  config::config const& cfg() const noexcept { return loaded.cfg; }
+};
+
+class router final : public http::handler {
+ public:
+  explicit router(app& a);
+
+  std::optional<ray::error> check_headers(http::request_header const& header, std::string_view path) override;
+  bool accepts_body(http::request_header const& header, std::string_view path) override;
+  http::response error_response(ray::error const& err, http::request_header const* header,
+                                std::string_view path) override;
+  boost::asio::awaitable<void> handle(http::exchange& ex) override;
+
+ private:
+  boost::asio::awaitable<void> handle_infer(http::exchange& ex);
+  http::response json_response(http::status st, std::string body) const;
+  http::response readyz() const;
+  http::response health() const;
+  http::response metrics(http::request const& req) const;
+  void add_cors(http::request_header const& header, http::response& res) const;
+  void record(route_info const& route, unsigned status, std::chrono::steady_clock::time_point started,
+              std::string const& request_id, std::string_view error_code);
+
+  app& app_;
+  telemetry::counter_family requests_;
+  telemetry::histogram_family durations_;
+};
+
+}  // namespace ray::api

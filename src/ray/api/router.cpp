@@ -1,0 +1,378 @@
+#include "ray/api/app.hpp"
+
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/json/serialize.hpp>
+
+#include <algorithm>
+
+namespace ray::api {
+
+namespace {
+using namespace boost::asio::experimental::awaitable_operators;
+constexpr std::string_view json_type = "application/json; charset=utf-8";
+constexpr std::string_view get_head = "GET, HEAD, OPTIONS";
+
+bool is_probe(route_id id) noexcept {
+  return id == route_id::livez || id == route_id::readyz || id == route_id::metrics;
+}
+
+bool method_allowed(route_id id, http::verb m) noexcept {
+  using v = http::verb;
+  if (m == v::options) return true;
+  switch (id) {
+    case route_id::root:
+    case route_id::livez:
+    case route_id::readyz:
+    case route_id::health:
+    case route_id::metrics:
+    case route_id::config:
+      return m == v::get || m == v::head;
+    case route_id::infer:
+    case route_id::embeddings:
+      return m == v::post;
+    case route_id::jobs:
+      return m == v::get || m == v::head || m == v::post;
+    case route_id::job:
+      return m == v::get || m == v::head || m == v::delete_;
+    case route_id::none:
+      return false;
+  }
+  return false;
+}
+
+}  // namespace
+
+route_info match_route(std::string_view path) noexcept {
+  if (path == "/") return {route_id::root, "/", get_head};
+  if (path == "/livez") return {route_id::livez, "/livez", get_head};
+  if (path == "/readyz") return {route_id::readyz, "/readyz", get_head};
+  if (path == "/health") return {route_id::health, "/health", get_head};
+  if (path == "/metrics") return {route_id::metrics, "/metrics", get_head};
+  if (path == "/v1/config") return {route_id::config, "/v1/config", get_head};
+  if (path == "/v1/infer") return {route_id::infer, "/v1/infer", "POST, OPTIONS"};
+  if (path == "/v1/jobs") return {route_id::jobs, "/v1/jobs", "GET, HEAD, POST, OPTIONS"};
+  if (path.size() > 9 && path.substr(0, 9) == "/v1/jobs/" && path.find('/', 9) == std::string_view::npos)
+    return {route_id::job, "/v1/jobs/{id}", "GET, HEAD, DELETE, OPTIONS"};
+  if (path == "/v1/embeddings" || path == "/embeddings")
+    return {route_id::embeddings, "/v1/embeddings", "POST, OPTIONS"};
+  return {};
+}
+
+router::router(app& a)
+    : app_(a),
+      requests_(a.metrics.add_counter("ray_requests_total",
+                                      "HTTP requests answered, by route template and status.",
+                                      {"route", "code"}, {.json_name = "requests"})),
+      durations_(a.metrics.add_histogram(
+          "ray_request_duration_seconds",
+          "Time from the request's arrival to its response, by route template.", {"route"})) {}
+
+std::optional<ray::error> router::check_headers(http::request_header const& header, std::string_view path) {
+  auto route = match_route(path);
+  if (route.id == route_id::none) return ray::error{errc::not_found, "no route for " + std::string(path)};
+  if (!method_allowed(route.id, header.method())) {
+    return ray::error{errc::method_not_allowed, std::string(header.method_string()) + " is not allowed on " +
+                                                    std::string(route.label) +
+                                                    "; allowed: " + std::string(route.allow)};
+  }
+  bool const work = route.id == route_id::infer || route.id == route_id::jobs || route.id == route_id::job ||
+                    route.id == route_id::embeddings;
+  if (work && header.method() != http::verb::options && app_.shutting_down.load(std::memory_order_relaxed))
+    return ray::error{errc::shutting_down,
+                      "the gateway is shutting down; retry against another instance or later"};
+  return std::nullopt;
+}
+
+bool router::accepts_body(http::request_header const& header, std::string_view path) {
+  (void)path;
+  return header.method() == http::verb::post;
+}
+
+http::response router::error_response(ray::error const& err, http::request_header const* header,
+                                      std::string_view path) {
+  auto route = match_route(path);
+  http::response res = api::error_response(err);
+  if (err.code == errc::method_not_allowed) res.set(http::field::allow, route.allow);
+  if (header) add_cors(*header, res);
+  // Errors answered by the server before a handler ran (framing, routing) are counted here.
+  requests_.with({route.label, std::to_string(static_cast<unsigned>(res.result()))}).inc();
+  if (app_.rejections) app_.rejections->record(code_name(err.code), {{"route", route.label}});
+  return res;
+}
+
+http::response router::json_response(http::status st, std::string body) const {
+  http::response res{st, 11};
+  res.set(http::field::content_type, json_type);
+  res.body() = std::move(body);
+  return res;
+}
+
+void router::add_cors(http::request_header const& header, http::response& res) const {
+  auto origin = header[http::field::origin];
+  if (origin.empty()) return;
+  auto const& allowed = app_.cfg().server.cors_allow_origins;
+  if (std::find(allowed.begin(), allowed.end(), origin) == allowed.end() &&
+      std::find(allowed.begin(), allowed.end(), "*") == allowed.end())
+    return;
+  res.set(http::field::access_control_allow_origin, origin);
+  res.set(http::field::vary, "Origin");
+}
+
+void router::record(route_info const& route, unsigned status, std::chrono::steady_clock::time_point started,
+                    std::string const& request_id, std::string_view error_code) {
+  auto elapsed = std::chrono::steady_clock::now() - started;
+  requests_.with({route.label, std::to_string(status)}).inc();
+  durations_.with({route.label}).observe(elapsed);
+  auto lvl = is_probe(route.id) ? telemetry::level::debug : telemetry::level::info;
+  if (!app_.log.enabled(lvl)) return;
+  boost::json::object f{{"requestId", request_id},
+                        {"route", route.label},
+                        {"status", status},
+                        {"durationMs", std::chrono::duration<double, std::milli>(elapsed).count()}};
+  if (!error_code.empty()) f["errorCode"] = error_code;
+  app_.log.log(lvl, "request completed", std::move(f));
+}
+
+http::response router::readyz() const {
+  auto const st = app_.backend.current_state();
+  auto const stats = app_.rt.stats();
+  bool const shutting = app_.shutting_down.load(std::memory_order_relaxed);
+  auto const* srv = app_.server;
+  bool const http_pressure = srv && srv->stats().connections.load(std::memory_order_relaxed) * 10 >=
+                                        srv->current_limits().max_connections * 9;
+  boost::json::array reasons;
+  if (st != backend::state::ready) reasons.emplace_back("provider_" + std::string(backend::state_name(st)));
+  if (http_pressure) reasons.emplace_back("gateway_http_pressure");
+  if (shutting) reasons.emplace_back("shutting_down");
+  bool const ready = backend::is_serving(st) && !shutting;
+  std::string_view status = !ready ? "unavailable" : (reasons.empty() ? "ok" : "degraded");
+  boost::json::object o{{"status", status},
+                        {"service", app_.cfg().telemetry.service_name},
+                        {"providerStatus", backend::state_name(st)},
+                        {"queueDepth", stats.queue_depth},
+                        {"inFlight", stats.in_flight},
+                        {"pressure", boost::json::object{{"queue", false},
+                                                         {"preparation", false},
+                                                         {"memory", false},
+                                                         {"cpu", false},
+                                                         {"asyncQueue", false},
+                                                         {"rateLimit", false},
+                                                         {"gatewayHttp", http_pressure}}},
+                        {"reasons", std::move(reasons)}};
+  return json_response(ready ? http::status::ok : http::status::service_unavailable,
+                       boost::json::serialize(o));
+}
+
+http::response router::health() const {
+  auto const& cfg = app_.cfg();
+  auto const st = app_.backend.current_state();
+  auto const stats = app_.rt.stats();
+  auto const desc = app_.backend.describe();
+  auto const* srv = app_.server;
+  auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
+  std::uint32_t conns = srv ? srv->stats().connections.load() : 0;
+  std::uint32_t active = srv ? srv->stats().active_requests.load() : 0;
+  std::uint32_t max_conns = srv ? srv->current_limits().max_connections : cfg.server.max_connections;
+  auto uptime =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - app_.started);
+  boost::json::object tags;
+  for (auto const& [k, v] : cfg.tags)
+    tags[k] = v;
+  boost::json::object details{{"loadMs", nullptr},        {"restarts", 0},
+                              {"lastRestartAt", nullptr}, {"build", nullptr},
+                              {"modelPath", nullptr},     {"nCtx", desc.context_per_request},
+                              {"totalSlots", desc.slots}, {"slotsBusy", stats.in_flight},
+                              {"lastError", nullptr}};
+  boost::json::object queue{
+      {"degraded", false},
+      {"depth", stats.queue_depth},
+      {"depthRatio", ratio(stats.queue_depth, cfg.scheduler.max_queue)},
+      {"threshold", cfg.graceful_degradation.queue_depth_threshold},
+      {"maxQueue", cfg.scheduler.max_queue},
+      {"inFlight", stats.in_flight},
+      {"inFlightRatio", ratio(stats.in_flight, cfg.scheduler.concurrency)},
+      {"concurrency", cfg.scheduler.concurrency},
+      {"queuedTokens", stats.queued_tokens},
+      {"queuedTokensRatio", ratio(double(stats.queued_tokens), cfg.scheduler.max_queued_tokens)},
+      {"maxQueuedTokens", cfg.scheduler.max_queued_tokens},
+      {"inFlightTokens", stats.in_flight_tokens},
+      {"inFlightTokensRatio", ratio(double(stats.in_flight_tokens), cfg.scheduler.max_inflight_tokens)},
+      {"maxInflightTokens", cfg.scheduler.max_inflight_tokens}};
+  boost::json::object cache{{"enabled", cfg.cache.enabled},
+                            {"entries", 0},
+                            {"maxEntries", cfg.cache.max_entries},
+                            {"bytes", 0},
+                            {"maxBytes", cfg.cache.max_bytes},
+                            {"hits", 0},
+                            {"misses", 0},
+                            {"evictions", 0},
+                            {"expirations", 0}};
+  boost::json::object runtime_o{{"queue", std::move(queue)},
+                                {"preparation", boost::json::object{{"degraded", false}, {"active", 0}}},
+                                {"cache", std::move(cache)},
+                                {"memory", boost::json::object{{"degraded", false},
+                                                               {"sources", boost::json::array{}},
+                                                               {"cgroup", nullptr},
+                                                               {"processRssMiB", nullptr},
+                                                               {"cgroupCurrentMiB", nullptr},
+                                                               {"cgroupLimitMiB", nullptr},
+                                                               {"psiSomeAvg10", nullptr},
+                                                               {"psiFullAvg10", nullptr}}},
+                                {"cpu", boost::json::object{{"degraded", false},
+                                                            {"throttledRatio", nullptr},
+                                                            {"psiSomeAvg10", nullptr},
+                                                            {"psiFullAvg10", nullptr}}}};
+  bool const down = st == backend::state::unreachable || st == backend::state::failed ||
+                    st == backend::state::misconfigured;
+  std::string_view status = down ? "unavailable" : (backend::is_serving(st) ? "ok" : "degraded");
+  boost::json::object o{
+      {"status", status},
+      {"uptimeMs", uptime.count()},
+      {"version", RAY_VERSION},
+      {"profile", cfg.profile},
+      {"modelId", cfg.model.id},
+      {"tags", std::move(tags)},
+      {"queueDepth", stats.queue_depth},
+      {"inFlight", stats.in_flight},
+      {"cacheEntries", 0},
+      {"provider", boost::json::object{{"status", backend::state_name(st)},
+                                       {"checkedAt", format_timestamp(std::chrono::system_clock::now())},
+                                       {"latencyMs", 0},
+                                       {"details", std::move(details)}}},
+      {"runtime", std::move(runtime_o)},
+      {"gateway",
+       boost::json::object{{"http", boost::json::object{{"connections", conns},
+                                                        {"activeRequests", active},
+                                                        {"maxConnections", max_conns},
+                                                        {"degraded", conns * 10 >= max_conns * 9}}}}}};
+  if (cfg.async_queue.enabled)
+    o["asyncQueue"] =
+        boost::json::object{{"enabled", false}, {"degraded", true}, {"reason", "not_implemented"}};
+  return json_response(down ? http::status::service_unavailable : http::status::ok,
+                       boost::json::serialize(o));
+}
+
+http::response router::metrics(http::request const& req) const {
+  http::response res{http::status::ok, 11};
+  auto accept = req[http::field::accept];
+  if (accept.find("application/json") != std::string_view::npos) {
+    res.set(http::field::content_type, json_type);
+    app_.metrics.render_json(res.body());
+  } else {
+    res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+    app_.metrics.render_prometheus(res.body());
+  }
+  return res;
+}
+
+boost::asio::awaitable<void> router::handle(http::exchange& ex) {
+  auto const route = match_route(ex.path());
+  auto const& req = ex.req();
+  http::response res;
+  std::string_view error_code;
+
+  if (req.method() == http::verb::options) {
+    res = http::response{http::status::no_content, 11};
+    res.set(http::field::allow, route.allow);
+    auto origin = req[http::field::origin];
+    add_cors(req.base(), res);
+    if (!origin.empty() && res.find(http::field::access_control_allow_origin) != res.end()) {
+      res.set(http::field::access_control_allow_methods, route.allow);
+      res.set(http::field::access_control_allow_headers, "authorization, content-type, x-request-id");
+      res.set(http::field::access_control_max_age, "600");
+    }
+  } else {
+    switch (route.id) {
+      case route_id::root: {
+        boost::json::object o{{"name", "ray"},
+                              {"version", RAY_VERSION},
+                              {"profile", app_.cfg().profile},
+                              {"model", app_.cfg().model.id}};
+        res = json_response(http::status::ok, boost::json::serialize(o));
+        break;
+      }
+      case route_id::livez:
+        res = json_response(http::status::ok,
+                            "{\"status\":\"ok\",\"service\":\"" + app_.cfg().telemetry.service_name + "\"}");
+        break;
+      case route_id::readyz:
+        res = readyz();
+        break;
+      case route_id::health:
+        res = health();
+        break;
+      case route_id::metrics:
+        res = metrics(req);
+        break;
+      case route_id::config:
+        res = json_response(http::status::ok, boost::json::serialize(config::to_public_json(app_.loaded)));
+        break;
+      case route_id::infer:
+        co_await handle_infer(ex);
+        co_return;
+      case route_id::jobs:
+      case route_id::job: {
+        ray::error err{
+            errc::async_queue_disabled,
+            app_.cfg().async_queue.enabled
+                ? "durable jobs are not available in this build yet (asyncQueue.enabled is ignored)"
+                : "the async job queue is disabled (asyncQueue.enabled is false)"};
+        error_code = code_name(err.code);
+        res = api::error_response(err);
+        break;
+      }
+      case route_id::embeddings: {
+        ray::error err{errc::not_implemented, "embeddings are not implemented by Ray yet"};
+        error_code = code_name(err.code);
+        res = api::error_response(err, envelope::openai);
+        break;
+      }
+      case route_id::none: {
+        ray::error err{errc::not_found, "no route for " + std::string(ex.path())};
+        error_code = code_name(err.code);
+        res = api::error_response(err);
+        break;
+      }
+    }
+  }
+  add_cors(req.base(), res);
+  unsigned status = static_cast<unsigned>(res.result());
+  co_await ex.respond(std::move(res));
+  record(route, status, ex.received_at(), ex.request_id(), error_code);
+}
+
+boost::asio::awaitable<void> router::handle_infer(http::exchange& ex) {
+  auto const route = match_route(ex.path());
+  auto decoded = decode_infer_request(ex.req().body(), app_.cfg());
+  http::response res;
+  std::string_view error_code;
+  if (!decoded) {
+    error_code = code_name(decoded.error().code);
+    res = api::error_response(decoded.error());
+    if (app_.rejections) app_.rejections->record(error_code, {{"route", route.label}});
+  } else {
+    auto outcome = co_await (app_.rt.infer(std::move(*decoded)) || ex.client_gone());
+    if (outcome.index() == 1) {
+      // The client left: the backend call was cancelled with it; nobody is there to answer.
+      ex.close_after_response();
+      record(route, 499, ex.received_at(), ex.request_id(), "client_closed_request");
+      co_return;
+    }
+    auto& r = std::get<0>(outcome);
+    if (!r) {
+      error_code = code_name(r.error().code);
+      res = api::error_response(r.error());
+      if (app_.rejections) app_.rejections->record(error_code, {{"route", route.label}});
+    } else {
+      res = json_response(http::status::ok,
+                          render_infer_response(*r, ex.request_id(), std::chrono::system_clock::now()));
+      if (r->degradation.applied) res.set("x-ray-degraded", "true");
+    }
+  }
+  add_cors(ex.req().base(), res);
+  unsigned status = static_cast<unsigned>(res.result());
+  co_await ex.respond(std::move(res));
+  record(route, status, ex.received_at(), ex.request_id(), error_code);
+}
+
+}  // namespace ray::api

@@ -1,0 +1,104 @@
+// ray::backend — the inference backend interface and its implementations (mock today; llama.cpp and
+// OpenAI-compatible next, shared/spec/backends.md).
+//
+// A backend streams token deltas into a sink and returns usage and timings. Every generate() is cancellable
+// through the awaiting coroutine's cancellation slot (a cancelled call returns promptly and the backend stops
+// working on it). Threading: a backend lives on the runtime's executor; call it only from there.
+#pragma once
+
+#include "ray/config/config.hpp"
+#include "ray/core/core.hpp"
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ray::backend {
+
+// providerStatus values (http-api.md §4, backends.md).
+enum class state : std::uint8_t {
+  unknown,
+  starting,
+  loading,
+  warming,
+  ready,
+  degraded,
+  unreachable,
+  restarting,
+  failed,
+  misconfigured
+};
+std::string_view state_name(state s) noexcept;
+inline bool is_serving(state s) noexcept {
+  return s == state::ready || s == state::degraded;
+}
+
+struct generation_request {
+  std::string system;  // empty = none
+  std::string prompt;
+  std::uint32_t max_tokens{1};
+  std::optional<double> temperature{};
+  std::optional<double> top_p{};
+  std::optional<std::int64_t> seed{};
+  std::vector<std::string> stop{};
+  bool json_mode{false};
+};
+
+struct generation_result {
+  std::string text;
+  std::string finish_reason{"stop"};  // "stop" | "length"
+  std::optional<std::uint32_t> prompt_tokens{};
+  std::optional<std::uint32_t> completion_tokens{};
+  std::optional<std::int32_t> slot_id{};
+  std::uint32_t tokens_cached{0};
+  std::uint32_t tokens_evaluated{0};
+  double ttft_ms{0};
+  double total_ms{0};
+  double prompt_tokens_per_second{0};
+  double completion_tokens_per_second{0};
+};
+
+// Receives text as it is produced. Called on the backend's executor.
+class token_sink {
+ public:
+  virtual ~token_sink() = default;
+  virtual void on_delta(std::string_view text) = 0;
+};
+
+// What the backend serves (from config, or from llama-server /props once attached).
+struct description {
+  std::string model_id;
+  std::string kind;                      // "mock" | "llama.cpp" | "openai-compatible"
+  std::uint32_t context_per_request{0};  // tokens one request (prompt + output) may use
+  std::uint32_t kv_pool{0};              // tokens all in-flight requests may use together
+  std::uint32_t slots{1};
+  std::string identity;  // changes when the served model changes (cache key part)
+};
+
+class backend {
+ public:
+  virtual ~backend() = default;
+  virtual state current_state() const noexcept = 0;
+  virtual description describe() const = 0;
+  // Attach / warm up in the background (returns at once). stop() ends background work.
+  virtual void start() = 0;
+  virtual void stop() = 0;
+  virtual boost::asio::awaitable<result<generation_result>> generate(generation_request req,
+                                                                     token_sink* sink) = 0;
+  // Number of generate() calls that reached the backend.
+  virtual std::uint64_t requests_total() const noexcept = 0;
+};
+
+// The deterministic mock backend (backends.md "Mock backend"): output
+// "[ray:mock model=<id> profile=<profile> seed=<seed>]\n<prompt>", cut to max_tokens tokens of 4 bytes
+// (finish_reason "length" when cut), after adapter.latencyMs, streamed word by word at tokensPerSecond
+// (0 = all at once).
+std::unique_ptr<backend> make_mock(boost::asio::any_io_executor ex, config::config const& cfg);
+
+}  // namespace ray::backend

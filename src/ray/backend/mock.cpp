@@ -1,0 +1,129 @@
+#include "ray/backend/backend.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <chrono>
+
+namespace ray::backend {
+
+std::string_view state_name(state s) noexcept {
+  switch (s) {
+    case state::unknown:
+      return "unknown";
+    case state::starting:
+      return "starting";
+    case state::loading:
+      return "loading";
+    case state::warming:
+      return "warming";
+    case state::ready:
+      return "ready";
+    case state::degraded:
+      return "degraded";
+    case state::unreachable:
+      return "unreachable";
+    case state::restarting:
+      return "restarting";
+    case state::failed:
+      return "failed";
+    case state::misconfigured:
+      return "misconfigured";
+  }
+  return "unknown";
+}
+
+namespace {
+
+constexpr auto use_tuple = boost::asio::as_tuple(boost::asio::use_awaitable);
+
+class mock_backend final : public backend {
+ public:
+  mock_backend(boost::asio::any_io_executor ex, config::config const& cfg)
+      : ex_(std::move(ex)),
+        model_id_(cfg.model.id),
+        header_("[ray:mock model=" + cfg.model.id + " profile=" + cfg.profile +
+                " seed=" + cfg.model.adapter.seed + "]\n"),
+        latency_(cfg.model.adapter.latency_ms),
+        tokens_per_second_(cfg.model.adapter.tokens_per_second),
+        context_(cfg.model.context_window) {}
+
+  state current_state() const noexcept override { return state::ready; }
+
+  description describe() const override {
+    return {model_id_, "mock", context_, context_, 1, "mock:" + model_id_};
+  }
+
+  void start() override {}
+  void stop() override {}
+
+  boost::asio::awaitable<result<generation_result>> generate(generation_request req,
+                                                             token_sink* sink) override {
+    ++requests_;
+    auto const started = std::chrono::steady_clock::now();
+    boost::asio::steady_timer timer(ex_);
+    if (latency_.count() > 0) {
+      timer.expires_after(latency_);
+      auto [ec] = co_await timer.async_wait(use_tuple);
+      if (ec) co_return ray::error{errc::provider_request_failed, "mock generation cancelled"};
+    }
+    std::string full = header_ + req.prompt;
+    std::size_t const max_bytes = static_cast<std::size_t>(req.max_tokens) * 4;
+    generation_result out;
+    if (full.size() > max_bytes) {
+      full.resize(utf8_safe_prefix(full, max_bytes));
+      out.finish_reason = "length";
+    }
+    auto const first = std::chrono::steady_clock::now();
+    if (tokens_per_second_ == 0 || full.empty()) {
+      if (sink && !full.empty()) sink->on_delta(full);
+    } else {
+      auto const gap = std::chrono::microseconds(1'000'000 / tokens_per_second_);
+      std::size_t pos = 0;
+      while (pos < full.size()) {
+        // One word (with its trailing space or newline) per token.
+        std::size_t end = full.find_first_of(" \n", pos);
+        end = end == std::string::npos ? full.size() : end + 1;
+        if (sink) sink->on_delta(std::string_view(full).substr(pos, end - pos));
+        pos = end;
+        if (pos < full.size()) {
+          timer.expires_after(gap);
+          auto [ec] = co_await timer.async_wait(use_tuple);
+          if (ec) co_return ray::error{errc::provider_request_failed, "mock generation cancelled"};
+        }
+      }
+    }
+    auto const done = std::chrono::steady_clock::now();
+    out.prompt_tokens = static_cast<std::uint32_t>(estimate_tokens(req.system) + estimate_tokens(req.prompt));
+    out.completion_tokens = static_cast<std::uint32_t>(estimate_tokens(full));
+    out.tokens_evaluated = *out.prompt_tokens;
+    out.text = std::move(full);
+    out.ttft_ms = std::chrono::duration<double, std::milli>(first - started).count();
+    out.total_ms = std::chrono::duration<double, std::milli>(done - started).count();
+    double decode_s = std::chrono::duration<double>(done - first).count();
+    if (tokens_per_second_ > 0 && decode_s > 0)
+      out.completion_tokens_per_second = *out.completion_tokens / decode_s;
+    co_return out;
+  }
+
+  std::uint64_t requests_total() const noexcept override { return requests_; }
+
+ private:
+  boost::asio::any_io_executor ex_;
+  std::string model_id_;
+  std::string header_;
+  std::chrono::milliseconds latency_;
+  std::uint32_t tokens_per_second_;
+  std::uint32_t context_;
+  std::uint64_t requests_{0};
+};
+
+}  // namespace
+
+std::unique_ptr<backend> make_mock(boost::asio::any_io_executor ex, config::config const& cfg) {
+  return std::make_unique<mock_backend>(std::move(ex), cfg);
+}
+
+}  // namespace ray::backend

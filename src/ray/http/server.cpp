@@ -1,0 +1,620 @@
+#include "ray/http/http.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/serializer.hpp>
+#include <boost/beast/http/write.hpp>
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <mutex>
+#include <unordered_map>
+
+namespace ray::http {
+
+namespace {
+using steady = std::chrono::steady_clock;
+constexpr auto no_deadline = steady::time_point::max();
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+std::chrono::milliseconds watchdog_tick(limits const& lim) {
+  std::uint32_t shortest = std::min(
+      {lim.headers_timeout_ms, lim.body_timeout_ms, lim.keep_alive_timeout_ms, lim.write_timeout_ms});
+  return std::chrono::milliseconds(std::clamp<std::uint32_t>(shortest / 4, 5, 1000));
+}
+
+bool is_valid_port(std::string_view p) noexcept {
+  if (p.empty() || p.size() > 5) return false;
+  unsigned v = 0;
+  for (char c : p) {
+    if (c < '0' || c > '9') return false;
+    v = v * 10 + static_cast<unsigned>(c - '0');
+  }
+  return v >= 1 && v <= 65535;
+}
+
+bool is_valid_name(std::string_view name) noexcept {
+  if (name.empty() || name.size() > 253) return false;
+  if (name.back() == '.') name.remove_suffix(1);
+  std::size_t label = 0;
+  for (char c : name) {
+    if (c == '.') {
+      if (label == 0) return false;
+      label = 0;
+      continue;
+    }
+    bool ok =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
+    if (!ok || ++label > 63) return false;
+  }
+  return label > 0;
+}
+
+bool is_json_media_type(std::string_view ct) noexcept {
+  auto semi = ct.find(';');
+  std::string_view mt = trim(ct.substr(0, semi));
+  auto slash = mt.find('/');
+  if (slash == std::string_view::npos) return false;
+  std::string_view type = mt.substr(0, slash);
+  std::string_view sub = mt.substr(slash + 1);
+  if (!iequals(type, "application")) return false;
+  if (iequals(sub, "json")) return true;
+  return sub.size() > 5 && iequals(sub.substr(sub.size() - 5), "+json");
+}
+
+}  // namespace
+
+bool is_valid_host(std::string_view host) noexcept {
+  if (host.empty()) return false;
+  if (host.front() == '[') {
+    auto close = host.find(']');
+    if (close == std::string_view::npos || close < 3) return false;
+    std::string inner(host.substr(1, close - 1));
+    boost::system::error_code ec;
+    auto addr = asio::ip::make_address_v6(inner, ec);
+    if (ec) return false;
+    (void)addr;
+    std::string_view rest = host.substr(close + 1);
+    if (rest.empty()) return true;
+    return rest.front() == ':' && is_valid_port(rest.substr(1));
+  }
+  auto colon = host.rfind(':');
+  if (colon != std::string_view::npos) {
+    if (!is_valid_port(host.substr(colon + 1))) return false;
+    host = host.substr(0, colon);
+  }
+  return is_valid_name(host);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// connection: one socket, its read buffer, and a deadline enforced by a watchdog coroutine that wakes every
+// `tick` and cancels the socket's pending operation once the deadline has passed (no timer work per request).
+
+class connection {
+ public:
+  connection(server& srv, tcp::socket sock)
+      : srv_(srv),
+        socket_(std::move(sock)),
+        timer_(socket_.get_executor()),
+        tick_(watchdog_tick(srv.limits_)) {}
+
+  asio::awaitable<void> run(std::shared_ptr<connection> self);
+  asio::awaitable<void> watchdog(std::shared_ptr<connection> self);
+
+  void set_deadline(std::uint32_t ms) noexcept {
+    timed_out_ = false;
+    deadline_ = steady::now() + std::chrono::milliseconds(ms);
+  }
+  void clear_deadline() noexcept { deadline_ = no_deadline; }
+
+  // Writes a complete response. Returns false when the connection broke or the write timed out.
+  asio::awaitable<bool> write_response(response& res, bool head_only, bool close,
+                                       std::string const& request_id);
+
+  void close() noexcept {
+    if (closed_) return;
+    closed_ = true;
+    boost::system::error_code ec;
+    socket_.shutdown(tcp::socket::shutdown_both, ec);
+    socket_.close(ec);
+    timer_.cancel();
+  }
+  // Called (on this connection's strand) when the server drains or stops.
+  void on_drain() noexcept {
+    if (idle_) {
+      boost::system::error_code ec;
+      socket_.cancel(ec);
+    }
+  }
+
+  asio::awaitable<void> client_gone();
+  tcp::endpoint peer() const noexcept { return peer_; }
+  bool draining() const noexcept;
+
+ private:
+  friend class exchange;
+  friend class server;
+  asio::awaitable<bool> answer_error(ray::error const& err, request_header const* header,
+                                     std::string_view path, std::string const& request_id);
+
+  server& srv_;
+  tcp::socket socket_;
+  asio::steady_timer timer_;
+  std::chrono::milliseconds tick_;
+  tcp::endpoint peer_;
+  beast::flat_buffer buffer_;
+  steady::time_point deadline_{no_deadline};
+  bool timed_out_{false};
+  bool closed_{false};
+  bool idle_{false};
+};
+
+struct server::impl {
+  asio::io_context& ioc;
+  handler& h;
+  tcp::acceptor acceptor;
+  std::atomic<bool> draining{false};
+  std::atomic<bool> stopped{false};
+  std::mutex mu;  // guards `live` (touched on connection start/end and drain/stop only)
+  std::unordered_map<connection*, std::weak_ptr<connection>> live;
+
+  impl(asio::io_context& io, handler& hh) : ioc(io), h(hh), acceptor(io) {}
+
+  void for_each_live(auto fn) {
+    std::vector<std::shared_ptr<connection>> conns;
+    {
+      std::lock_guard lock(mu);
+      for (auto& [_, w] : live)
+        if (auto c = w.lock()) conns.push_back(std::move(c));
+    }
+    for (auto& c : conns)
+      fn(c);
+  }
+};
+
+bool connection::draining() const noexcept {
+  return srv_.impl_->draining;
+}
+
+asio::awaitable<void> connection::watchdog(std::shared_ptr<connection> self) {
+  (void)self;  // keeps the connection alive while the watchdog runs
+  while (!closed_) {
+    timer_.expires_after(tick_);
+    co_await timer_.async_wait(use_tuple);
+    if (closed_) break;
+    if (steady::now() >= deadline_) {
+      timed_out_ = true;
+      deadline_ = no_deadline;
+      boost::system::error_code ec;
+      socket_.cancel(ec);
+    }
+  }
+}
+
+asio::awaitable<bool> connection::write_response(response& res, bool head_only, bool close,
+                                                 std::string const& request_id) {
+  res.set("x-request-id", request_id);
+  res.keep_alive(!close);
+  res.prepare_payload();
+  set_deadline(srv_.limits_.write_timeout_ms);
+  boost::system::error_code ec;
+  if (head_only) {
+    beast::http::response_serializer<beast::http::string_body> sr{res};
+    std::tie(ec, std::ignore) = co_await beast::http::async_write_header(socket_, sr, use_tuple);
+  } else {
+    std::tie(ec, std::ignore) = co_await beast::http::async_write(socket_, res, use_tuple);
+  }
+  clear_deadline();
+  co_return !ec;
+}
+
+asio::awaitable<bool> connection::answer_error(ray::error const& err, request_header const* header,
+                                               std::string_view path, std::string const& request_id) {
+  response res = srv_.impl_->h.error_response(err, header, path);
+  bool head = header != nullptr && header->method() == verb::head;
+  co_return co_await write_response(res, head, true, request_id);
+}
+
+asio::awaitable<void> connection::client_gone() {
+  for (;;) {
+    auto [ec] = co_await socket_.async_wait(tcp::socket::wait_read, use_tuple);
+    if (ec == asio::error::operation_aborted && !closed_) {
+      // Cancelled by the awaiting operation (or a drain): report nothing; the caller's cancellation wins.
+      co_return;
+    }
+    if (ec || closed_) co_return;
+    char byte;
+    ssize_t r = ::recv(socket_.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (r == 0) co_return;
+    if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) co_return;
+    if (r > 0) {
+      // A pipelined request is waiting: EOF cannot be seen behind it, so stop watching until cancelled.
+      asio::steady_timer forever(socket_.get_executor(), steady::time_point::max());
+      co_await forever.async_wait(use_tuple);
+      co_return;
+    }
+  }
+}
+
+asio::awaitable<void> connection::run(std::shared_ptr<connection> self) {
+  (void)self;  // keeps the connection alive while the session runs
+  boost::system::error_code pec;
+  peer_ = socket_.remote_endpoint(pec);
+  auto& impl = *srv_.impl_;
+  handler& h = impl.h;
+
+  for (std::uint32_t n = 1;; ++n) {
+    limits const lim = srv_.limits_;
+    buffer_.max_size(static_cast<std::size_t>(lim.max_header_bytes) + lim.request_body_limit_bytes + 8192);
+
+    if (n > 1 && buffer_.size() == 0) {
+      // Keep-alive idle: wait for the next request's first byte, or close quietly after the idle timeout.
+      if (impl.draining) break;
+      idle_ = true;
+      set_deadline(lim.keep_alive_timeout_ms);
+      auto [ec] = co_await socket_.async_wait(tcp::socket::wait_read, use_tuple);
+      idle_ = false;
+      if (ec || closed_ || impl.draining) break;
+    }
+
+    set_deadline(lim.headers_timeout_ms);
+    beast::http::request_parser<beast::http::string_body> parser;
+    parser.header_limit(lim.max_header_bytes);
+    parser.body_limit(boost::none);
+    auto [rec, rn] = co_await beast::http::async_read_header(socket_, buffer_, parser, use_tuple);
+    (void)rn;
+    std::string request_id;
+    if (rec) {
+      if (closed_) break;
+      if (timed_out_) {
+        request_id = new_request_id();
+        co_await answer_error(
+            {errc::request_read_timeout, "the request header section did not arrive within " +
+                                             std::to_string(lim.headers_timeout_ms) + " ms"},
+            nullptr, {}, request_id);
+        break;
+      }
+      if (rec == beast::http::error::end_of_stream || rec == asio::error::eof ||
+          rec == asio::error::connection_reset || rec == asio::error::operation_aborted) {
+        break;
+      }
+      request_id = new_request_id();
+      if (rec == beast::http::error::header_limit || rec == beast::http::error::buffer_overflow) {
+        co_await answer_error(
+            {errc::request_headers_too_large,
+             "the request header section exceeds " + std::to_string(lim.max_header_bytes) + " bytes"},
+            nullptr, {}, request_id);
+      } else {
+        co_await answer_error({errc::invalid_request, "malformed HTTP request: " + rec.message()}, nullptr,
+                              {}, request_id);
+      }
+      break;
+    }
+
+    request& req = parser.get();
+    {
+      auto incoming = req["x-request-id"];
+      request_id = is_valid_request_id(incoming) ? std::string(incoming) : new_request_id();
+    }
+    bool const body_pending = !parser.is_done();
+    auto reject = [&](ray::error err, std::string_view path) -> asio::awaitable<bool> {
+      // Answering before the body is read: the connection cannot be reused.
+      response res = h.error_response(err, &req.base(), path);
+      bool close = body_pending || impl.draining || n >= lim.max_requests_per_connection || !req.keep_alive();
+      bool ok = co_await write_response(res, req.method() == verb::head, close, request_id);
+      co_return ok && !close;
+    };
+
+    // Framing checks on the header section.
+    std::size_t field_count = 0;
+    std::size_t host_count = 0;
+    for (auto const& f : req) {
+      ++field_count;
+      if (f.name() == field::host) ++host_count;
+    }
+    if (field_count > lim.max_headers) {
+      co_await answer_error({errc::request_headers_too_large,
+                             "the request has " + std::to_string(field_count) +
+                                 " header fields; the limit is " + std::to_string(lim.max_headers)},
+                            &req.base(), {}, request_id);
+      break;
+    }
+    std::string_view target = req.target();
+    if (target.size() > lim.max_target_bytes) {
+      co_await answer_error({errc::request_target_too_large,
+                             "the request target is " + std::to_string(target.size()) +
+                                 " bytes; the limit is " + std::to_string(lim.max_target_bytes)},
+                            &req.base(), {}, request_id);
+      break;
+    }
+    std::string_view host = req[field::host];
+    if (host_count > 1 || (host_count == 0 && req.version() >= 11) ||
+        (host_count == 1 && !is_valid_host(host))) {
+      std::string msg = host_count == 0  ? "the Host header is required"
+                        : host_count > 1 ? "send exactly one Host header"
+                                         : "the Host header is not a valid host[:port]";
+      if (!co_await reject({errc::invalid_request, msg}, {})) break;
+      continue;
+    }
+    std::string_view path_and_query = target;
+    if (!target.empty() && target.front() != '/') {
+      std::string_view rest;
+      if (target.substr(0, 7) == "http://" || target.substr(0, 7) == "HTTP://")
+        rest = target.substr(7);
+      else if (target.substr(0, 8) == "https://" || target.substr(0, 8) == "HTTPS://")
+        rest = target.substr(8);
+      else {
+        if (!co_await reject({errc::invalid_request, "the request target must be a path starting with /"},
+                             {}))
+          break;
+        continue;
+      }
+      auto slash = rest.find('/');
+      std::string_view authority = rest.substr(0, slash);
+      if (!iequals(authority, host)) {
+        if (!co_await reject(
+                {errc::invalid_request, "an absolute-form target must name the same host as Host"}, {}))
+          break;
+        continue;
+      }
+      path_and_query = slash == std::string_view::npos ? std::string_view("/") : rest.substr(slash);
+    }
+    auto qpos = path_and_query.find('?');
+    std::string_view path = path_and_query.substr(0, qpos);
+
+    if (auto err = h.check_headers(req.base(), path)) {
+      if (!co_await reject(std::move(*err), path)) break;
+      continue;
+    }
+
+    bool const chunked = req.chunked();
+    auto const declared = parser.content_length();
+    bool const has_body = chunked || (declared && *declared > 0);
+    std::string_view expect = req[field::expect];
+    bool const has_expect = req.find(field::expect) != req.end();
+    if (has_expect && !iequals(expect, "100-continue")) {
+      if (!co_await reject({errc::unsupported_expectation, "only Expect: 100-continue is supported"}, path))
+        break;
+      continue;
+    }
+    if (has_expect && !chunked && !declared) {
+      if (!co_await reject({errc::length_required, "send Content-Length with Expect: 100-continue"}, path))
+        break;
+      continue;
+    }
+    if (has_body && h.accepts_body(req.base(), path)) {
+      if (!is_json_media_type(req[field::content_type])) {
+        if (!co_await reject({errc::unsupported_media_type, "send content-type: application/json"}, path))
+          break;
+        continue;
+      }
+      auto enc = req.find(field::content_encoding);
+      if (enc != req.end() && !iequals(trim(enc->value()), "identity")) {
+        if (!co_await reject({errc::unsupported_content_encoding,
+                              "send the body uncompressed (no Content-Encoding other than identity)"},
+                             path))
+          break;
+        continue;
+      }
+    }
+    if (declared && *declared > lim.request_body_limit_bytes) {
+      auto err = ray::error{errc::body_too_large,
+                            "the request body is " + std::to_string(*declared) + " bytes; the limit is " +
+                                std::to_string(lim.request_body_limit_bytes) + " bytes"};
+      err.details["limitBytes"] = lim.request_body_limit_bytes;
+      if (!co_await reject(std::move(err), path)) break;
+      continue;
+    }
+    if (has_expect && body_pending) {
+      static constexpr std::string_view continue_line = "HTTP/1.1 100 Continue\r\n\r\n";
+      set_deadline(lim.write_timeout_ms);
+      auto [wec, wn] = co_await asio::async_write(socket_, asio::buffer(continue_line), use_tuple);
+      (void)wn;
+      if (wec) break;
+    }
+    if (body_pending) {
+      set_deadline(lim.body_timeout_ms);
+      parser.body_limit(lim.request_body_limit_bytes);
+      auto [bec, bn] = co_await beast::http::async_read(socket_, buffer_, parser, use_tuple);
+      (void)bn;
+      if (bec) {
+        if (closed_) break;
+        if (timed_out_) {
+          co_await answer_error({errc::request_read_timeout, "the request body did not arrive within " +
+                                                                 std::to_string(lim.body_timeout_ms) + " ms"},
+                                &req.base(), path, request_id);
+        } else if (bec == beast::http::error::body_limit || bec == beast::http::error::buffer_overflow) {
+          co_await answer_error(
+              {errc::body_too_large,
+               "the request body exceeds " + std::to_string(lim.request_body_limit_bytes) + " bytes"},
+              &req.base(), path, request_id);
+        } else if (bec != beast::http::error::end_of_stream && bec != asio::error::eof &&
+                   bec != asio::error::connection_reset) {
+          co_await answer_error({errc::invalid_request, "malformed request body: " + bec.message()},
+                                &req.base(), path, request_id);
+        }
+        break;
+      }
+    }
+    clear_deadline();
+
+    // Split the target again on the (now stable) request object: `path` may point into the parser's header.
+    std::string_view final_target = req.target();
+    exchange ex(*this, req, std::move(request_id), n);
+    if (path_and_query.data() != final_target.data()) {
+      // absolute-form: keep the path/query views computed above (they point into the same header storage).
+    }
+    ex.path_ = path;
+    ex.query_ = qpos == std::string_view::npos ? std::string_view{} : path_and_query.substr(qpos + 1);
+    if (impl.draining || n >= lim.max_requests_per_connection || !req.keep_alive()) ex.close_ = true;
+
+    srv_.stats_.active_requests.fetch_add(1, std::memory_order_relaxed);
+    try {
+      co_await h.handle(ex);
+    } catch (std::exception const&) {
+      ex.close_ = true;
+    }
+    srv_.stats_.active_requests.fetch_sub(1, std::memory_order_relaxed);
+    if (!ex.responded_ || ex.close_ || closed_) break;
+  }
+  close();
+  {
+    std::lock_guard lock(impl.mu);
+    impl.live.erase(this);
+  }
+  srv_.stats_.connections.fetch_sub(1, std::memory_order_relaxed);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+exchange::exchange(connection& conn, request& req, std::string request_id, std::uint32_t index)
+    : conn_(conn),
+      req_(req),
+      request_id_(std::move(request_id)),
+      received_at_(std::chrono::steady_clock::now()),
+      index_(index) {}
+
+tcp::endpoint exchange::peer() const noexcept {
+  return conn_.peer();
+}
+
+asio::awaitable<void> exchange::respond(response res) {
+  if (responded_) co_return;
+  responded_ = true;
+  if (conn_.draining()) close_ = true;
+  bool ok = co_await conn_.write_response(res, is_head(), close_, request_id_);
+  if (!ok) close_ = true;
+}
+
+asio::awaitable<void> exchange::client_gone() {
+  return conn_.client_gone();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+server::server(asio::io_context& ioc, handler& h, limits lim)
+    : impl_(std::make_unique<impl>(ioc, h)), limits_(lim) {}
+
+server::~server() = default;
+
+result<tcp::endpoint> server::listen(std::string const& host, std::uint16_t port) {
+  boost::system::error_code ec;
+  auto addr = asio::ip::make_address(host, ec);
+  if (ec) return ray::error{errc::invalid_request, "server.host: '" + host + "' is not an IP address"};
+  tcp::endpoint ep{addr, port};
+  auto& acc = impl_->acceptor;
+  acc.open(ep.protocol(), ec);
+  if (!ec) acc.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) acc.bind(ep, ec);
+  if (!ec) acc.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    boost::system::error_code ignored;
+    acc.close(ignored);
+    return ray::error{errc::invalid_request,
+                      "cannot listen on " + host + ":" + std::to_string(port) + ": " + ec.message()};
+  }
+  return acc.local_endpoint();
+}
+
+tcp::endpoint server::bound_endpoint() const {
+  boost::system::error_code ec;
+  return impl_->acceptor.local_endpoint(ec);
+}
+
+void server::set_limits(limits lim) {
+  limits_ = lim;
+}
+
+namespace {
+asio::awaitable<void> reject_connection(tcp::socket sock, response res) {
+  res.keep_alive(false);
+  res.set("x-request-id", new_request_id());
+  res.prepare_payload();
+  // A fresh socket's send buffer takes this small response at once; never wait on a client here.
+  boost::system::error_code ec;
+  sock.non_blocking(true, ec);
+  beast::http::response_serializer<beast::http::string_body> sr{res};
+  beast::http::write(sock, sr, ec);
+  sock.shutdown(tcp::socket::shutdown_both, ec);
+  sock.close(ec);
+  co_return;
+}
+}  // namespace
+
+asio::awaitable<void> server::accept_loop() {
+  server& self = *this;
+  {
+    auto& im = *self.impl_;
+    for (;;) {
+      auto [ec, sock] = co_await im.acceptor.async_accept(asio::make_strand(im.ioc), use_tuple);
+      if (ec) {
+        if (!im.acceptor.is_open() || im.stopped) break;
+        if (ec == asio::error::operation_aborted) break;
+        // Out of file descriptors or a transient error: back off briefly instead of spinning.
+        asio::steady_timer t(im.ioc, std::chrono::milliseconds(20));
+        co_await t.async_wait(use_tuple);
+        continue;
+      }
+      boost::system::error_code oec;
+      sock.set_option(tcp::no_delay(true), oec);
+      if (self.stats_.connections.load(std::memory_order_relaxed) >= self.limits_.max_connections) {
+        self.stats_.rejected_connections.fetch_add(1, std::memory_order_relaxed);
+        response res = im.h.error_response(
+            {errc::overloaded, "too many open connections (server.maxConnections = " +
+                                   std::to_string(self.limits_.max_connections) + "); retry shortly"},
+            nullptr, {});
+        auto ex = sock.get_executor();
+        asio::co_spawn(ex, reject_connection(std::move(sock), std::move(res)), asio::detached);
+        continue;
+      }
+      self.stats_.connections.fetch_add(1, std::memory_order_relaxed);
+      auto conn = std::make_shared<connection>(self, std::move(sock));
+      {
+        std::lock_guard lock(im.mu);
+        im.live.emplace(conn.get(), conn);
+      }
+      auto ex = conn->socket_.get_executor();
+      asio::co_spawn(ex, conn->run(conn), asio::detached);
+      asio::co_spawn(ex, conn->watchdog(conn), asio::detached);
+    }
+  }
+}
+
+void server::start() {
+  asio::co_spawn(impl_->ioc, accept_loop(), asio::detached);
+}
+
+void server::begin_drain() {
+  impl_->draining = true;
+  impl_->for_each_live([](std::shared_ptr<connection> const& c) {
+    asio::post(c->socket_.get_executor(), [c] { c->on_drain(); });
+  });
+}
+
+void server::stop() {
+  impl_->draining = true;
+  impl_->stopped = true;
+  asio::post(impl_->acceptor.get_executor(), [this] {
+    boost::system::error_code ec;
+    impl_->acceptor.close(ec);
+  });
+  impl_->for_each_live([](std::shared_ptr<connection> const& c) {
+    asio::post(c->socket_.get_executor(), [c] { c->close(); });
+  });
+}
+
+}  // namespace ray::http
