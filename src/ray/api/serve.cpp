@@ -129,6 +129,8 @@ boost::asio::awaitable<void> summary_ticker(app& a, boost::asio::io_context& ioc
 }  // namespace
 
 int serve(config::loaded_config loaded) {
+  // A client or log reader that goes away must not kill the process: writes report EPIPE instead.
+  std::signal(SIGPIPE, SIG_IGN);
   auto const& cfg = loaded.cfg;
   telemetry::logger log(cfg.telemetry.service_name, to_level(cfg.telemetry.level));
   for (auto const& w : loaded.warnings)
