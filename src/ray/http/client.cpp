@@ -1,0 +1,364 @@
+#include "ray/http/client.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/write.hpp>
+
+#include <sys/socket.h>
+
+namespace ray::http {
+
+namespace {
+using namespace boost::asio::experimental::awaitable_operators;
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+using steady = std::chrono::steady_clock;
+
+ray::error io_error(std::string const& what, boost::system::error_code ec) {
+  return ray::error{errc::provider_request_failed, what + ": " + ec.message()};
+}
+ray::error timeout_error(std::string const& what) {
+  return ray::error{errc::provider_timeout, what + " timed out"};
+}
+
+// Waits for `op` or the deadline, whichever first. The loser is cancelled.
+template <class Op>
+asio::awaitable<std::optional<typename Op::value_type>> with_deadline(Op op, steady::time_point deadline) {
+  asio::steady_timer timer(co_await asio::this_coro::executor, deadline);
+  auto r = co_await (std::move(op) || timer.async_wait(use_tuple));
+  if (r.index() == 1) co_return std::nullopt;
+  co_return std::get<0>(std::move(r));
+}
+
+std::string find_header(std::vector<std::pair<std::string, std::string>> const& hs, std::string_view name) {
+  for (auto const& [k, v] : hs)
+    if (iequals(k, name)) return v;
+  return {};
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+// sse_parser
+
+bool sse_parser::feed(std::string_view bytes) {
+  buf_.append(bytes);
+  for (;;) {
+    std::size_t i = scan_;
+    if (skip_lf_ && i < buf_.size()) {
+      if (buf_[i] == '\n') ++i;
+      skip_lf_ = false;
+      scan_ = i;
+    }
+    std::size_t end = buf_.find_first_of("\r\n", scan_);
+    if (end == std::string::npos) break;
+    line(std::string_view(buf_).substr(scan_, end - scan_));
+    if (buf_[end] == '\r') {
+      if (end + 1 < buf_.size()) {
+        scan_ = end + 1 + (buf_[end + 1] == '\n' ? 1 : 0);
+      } else {
+        scan_ = end + 1;
+        skip_lf_ = true;
+      }
+    } else {
+      scan_ = end + 1;
+    }
+  }
+  // Compact consumed bytes.
+  if (scan_ > 0) {
+    buf_.erase(0, scan_);
+    scan_ = 0;
+  }
+  return buf_.size() <= max_ && cur_.data.size() <= max_;
+}
+
+void sse_parser::line(std::string_view l) {
+  if (l.empty()) {
+    if (has_data_) {
+      ready_.push_back(std::move(cur_));
+    }
+    cur_ = {};
+    has_data_ = false;
+    return;
+  }
+  if (l.front() == ':') {
+    ++comments_;
+    return;
+  }
+  auto colon = l.find(':');
+  std::string_view name = l.substr(0, colon);
+  std::string_view value = colon == std::string_view::npos ? std::string_view{} : l.substr(colon + 1);
+  if (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+  if (name == "data") {
+    if (has_data_) cur_.data += '\n';
+    cur_.data.append(value);
+    has_data_ = true;
+  } else if (name == "event") {
+    cur_.event.assign(value);
+  }
+}
+
+std::optional<sse_event> sse_parser::next() {
+  if (ready_pos_ >= ready_.size()) {
+    ready_.clear();
+    ready_pos_ = 0;
+    return std::nullopt;
+  }
+  return std::move(ready_[ready_pos_++]);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// response_stream
+
+struct response_stream::state {
+  client* owner{nullptr};
+  std::shared_ptr<bool> owner_alive;
+  tcp::socket socket;
+  beast::flat_buffer buffer;
+  beast::http::response_parser<beast::http::buffer_body> parser;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::size_t max_body{0};
+  bool broken{false};
+  char chunk[16 * 1024];
+
+  explicit state(tcp::socket s) : socket(std::move(s)) {}
+};
+
+response_stream::response_stream(std::unique_ptr<state> s) : s_(std::move(s)), sse_(1u << 20) {}
+
+response_stream::~response_stream() {
+  if (!s_) return;
+  bool reusable = !s_->broken && s_->parser.is_done() && s_->parser.keep_alive() && *s_->owner_alive;
+  if (reusable)
+    s_->owner->release(std::move(s_->socket));
+  else
+    close();
+}
+
+std::string response_stream::header(std::string_view name) const {
+  return find_header(s_->headers, name);
+}
+
+bool response_stream::is_event_stream() const {
+  return header("content-type").find("text/event-stream") != std::string::npos;
+}
+
+void response_stream::close() noexcept {
+  if (!s_) return;
+  s_->broken = true;
+  boost::system::error_code ec;
+  s_->socket.shutdown(tcp::socket::shutdown_both, ec);
+  s_->socket.close(ec);
+}
+
+asio::awaitable<result<std::size_t>> response_stream::read_some(std::chrono::milliseconds timeout) {
+  auto& st = *s_;
+  if (st.parser.is_done()) co_return std::size_t{0};
+  st.parser.get().body().data = st.chunk;
+  st.parser.get().body().size = sizeof st.chunk;
+  auto r = co_await with_deadline(beast::http::async_read_some(st.socket, st.buffer, st.parser, use_tuple),
+                                  steady::now() + timeout);
+  if (!r) {
+    close();
+    co_return timeout_error("reading the backend response");
+  }
+  auto [ec, n] = *r;
+  (void)n;
+  if (ec == beast::http::error::need_buffer) ec = {};
+  if (ec) {
+    close();
+    co_return io_error("reading the backend response", ec);
+  }
+  co_return sizeof st.chunk - st.parser.get().body().size;
+}
+
+asio::awaitable<result<std::optional<sse_event>>> response_stream::next_event(
+    std::chrono::milliseconds idle_timeout) {
+  for (;;) {
+    if (auto ev = sse_.next()) co_return std::optional<sse_event>(std::move(*ev));
+    if (s_->parser.is_done()) co_return std::optional<sse_event>{};
+    auto n = co_await read_some(idle_timeout);
+    if (!n) co_return n.error();
+    if (!sse_.feed(std::string_view(s_->chunk, *n))) {
+      close();
+      co_return ray::error{errc::provider_invalid_response, "a backend event exceeds the event size limit"};
+    }
+  }
+}
+
+asio::awaitable<result<std::string>> response_stream::read_all(std::chrono::milliseconds timeout) {
+  std::string out;
+  auto const deadline = steady::now() + timeout;
+  while (!s_->parser.is_done()) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - steady::now());
+    if (left.count() <= 0) {
+      close();
+      co_return timeout_error("reading the backend response");
+    }
+    auto n = co_await read_some(left);
+    if (!n) co_return n.error();
+    if (out.size() + *n > s_->max_body) {
+      close();
+      co_return ray::error{errc::provider_invalid_response, "the backend response exceeds the size limit"};
+    }
+    out.append(s_->chunk, *n);
+  }
+  co_return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// client
+
+std::string client_response::header(std::string_view name) const {
+  return find_header(headers, name);
+}
+
+client::client(asio::any_io_executor ex, std::string host, std::uint16_t port, client_options opts)
+    : ex_(std::move(ex)),
+      host_(std::move(host)),
+      port_(port),
+      opts_(opts),
+      alive_(std::make_shared<bool>(true)) {}
+
+client::~client() {
+  *alive_ = false;
+  reset_pool();
+}
+
+void client::reset_pool() noexcept {
+  for (auto& s : idle_) {
+    boost::system::error_code ec;
+    s.close(ec);
+  }
+  idle_.clear();
+}
+
+void client::release(tcp::socket sock) {
+  if (idle_.size() >= opts_.max_idle_connections) {
+    boost::system::error_code ec;
+    sock.close(ec);
+    return;
+  }
+  idle_.push_back(std::move(sock));
+}
+
+asio::awaitable<result<tcp::socket>> client::acquire(bool& reused, steady::time_point deadline) {
+  while (!idle_.empty()) {
+    tcp::socket s = std::move(idle_.back());
+    idle_.pop_back();
+    // A pooled connection the server has closed reads EOF at once: drop it.
+    char byte;
+    ssize_t r = ::recv(s.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+      boost::system::error_code ec;
+      s.close(ec);
+      continue;
+    }
+    reused = true;
+    co_return std::move(s);
+  }
+  reused = false;
+  tcp::socket sock(ex_);
+  boost::system::error_code ec;
+  auto addr = asio::ip::make_address(host_, ec);
+  auto connect_deadline =
+      std::min(deadline, steady::now() + std::chrono::milliseconds(opts_.connect_timeout_ms));
+  if (!ec) {
+    auto r =
+        co_await with_deadline(sock.async_connect(tcp::endpoint(addr, port_), use_tuple), connect_deadline);
+    if (!r) co_return timeout_error("connecting to " + host_ + ":" + std::to_string(port_));
+    if (auto [cec] = *r; cec) co_return io_error("connecting to " + host_ + ":" + std::to_string(port_), cec);
+  } else {
+    tcp::resolver resolver(ex_);
+    auto rr = co_await with_deadline(resolver.async_resolve(host_, std::to_string(port_), use_tuple),
+                                     connect_deadline);
+    if (!rr) co_return timeout_error("resolving " + host_);
+    auto [rec, results] = *rr;
+    if (rec) co_return io_error("resolving " + host_, rec);
+    auto cr = co_await with_deadline(asio::async_connect(sock, results, use_tuple), connect_deadline);
+    if (!cr) co_return timeout_error("connecting to " + host_ + ":" + std::to_string(port_));
+    if (auto [cec, ep] = *cr; cec)
+      co_return io_error("connecting to " + host_ + ":" + std::to_string(port_), cec);
+  }
+  sock.set_option(tcp::no_delay(true), ec);
+  co_return std::move(sock);
+}
+
+asio::awaitable<result<std::unique_ptr<response_stream>>> client::open(client_request req) {
+  auto const deadline = steady::now() + req.timeout;
+  beast::http::request<beast::http::string_body> msg{req.method, req.target, 11};
+  msg.set(field::host, host_ + ":" + std::to_string(port_));
+  msg.set(field::user_agent, "ray/" RAY_VERSION);
+  msg.set(field::accept, "application/json, text/event-stream");
+  if (!req.body.empty()) msg.set(field::content_type, "application/json");
+  for (auto const& [k, v] : req.headers)
+    msg.set(k, v);
+  msg.body() = std::move(req.body);
+  msg.keep_alive(true);
+  msg.prepare_payload();
+
+  // One retry when a pooled connection turns out to be dead before any response byte arrived.
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    bool reused = false;
+    auto sock = co_await acquire(reused, deadline);
+    if (!sock) co_return sock.error();
+    auto st = std::make_unique<response_stream::state>(std::move(*sock));
+    st->owner = this;
+    st->owner_alive = alive_;
+    st->max_body = opts_.max_response_bytes;
+    st->parser.body_limit(boost::none);
+    st->parser.header_limit(64 * 1024);
+
+    auto wr = co_await with_deadline(beast::http::async_write(st->socket, msg, use_tuple), deadline);
+    if (!wr) co_return timeout_error("sending the request to the backend");
+    if (auto [wec, wn] = *wr; wec) {
+      if (reused) continue;
+      co_return io_error("sending the request to the backend", wec);
+    }
+    auto rr = co_await with_deadline(
+        beast::http::async_read_header(st->socket, st->buffer, st->parser, use_tuple), deadline);
+    if (!rr) {
+      boost::system::error_code ec;
+      st->socket.close(ec);
+      co_return timeout_error("waiting for the backend's response headers");
+    }
+    if (auto [hec, hn] = *rr; hec) {
+      if (reused && (hec == beast::http::error::end_of_stream || hec == asio::error::connection_reset ||
+                     hec == asio::error::eof))
+        continue;
+      co_return io_error("reading the backend's response headers", hec);
+    }
+    auto const& h = st->parser.get();
+    for (auto const& f : h)
+      st->headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
+    unsigned status = h.result_int();
+    auto stream = std::unique_ptr<response_stream>(new response_stream(std::move(st)));
+    stream->status_ = status;
+    stream->sse_ = sse_parser(opts_.max_event_bytes);
+    co_return std::move(stream);
+  }
+  co_return ray::error{errc::provider_request_failed, "the backend closed the connection before answering"};
+}
+
+asio::awaitable<result<client_response>> client::send(client_request req) {
+  auto const deadline = steady::now() + req.timeout;
+  auto stream = co_await open(std::move(req));
+  if (!stream) co_return stream.error();
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - steady::now());
+  if (left.count() <= 0) left = std::chrono::milliseconds(1);
+  auto body = co_await (*stream)->read_all(left);
+  if (!body) co_return body.error();
+  client_response out;
+  out.status = (*stream)->status();
+  out.headers = (*stream)->s_->headers;
+  out.body = std::move(*body);
+  co_return out;
+}
+
+}  // namespace ray::http
