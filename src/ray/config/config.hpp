@@ -1,9 +1,10 @@
 // ray::config — the typed configuration (schema of shared/spec/config.md), its built-in profiles, the loader
 // (profile < JSON file < RAY_* env < flags), validation, and the explain/defaults views.
 //
-// Naming: every member is the snake_case form of the JSON key of the TypeScript gateway (`requestBodyLimitBytes`
-// → `request_body_limit_bytes`). Units are in the name (…_ms, …_bytes, …_mib). Plain data, no I/O in the structs.
-// Thread-safety: a loaded `config` is immutable and may be shared read-only between threads.
+// Naming: every member is the snake_case form of the JSON key of the TypeScript gateway
+// (`requestBodyLimitBytes` → `request_body_limit_bytes`). Units are in the name (…_ms, …_bytes, …_mib). Plain
+// data, no I/O in the structs. Thread-safety: a loaded `config` is immutable and may be shared read-only
+// between threads.
 #pragma once
 
 #include "ray/core/core.hpp"
@@ -18,8 +19,8 @@
 
 namespace ray::config {
 
-inline constexpr std::string_view profile_names[] = {"tiny", "sub1b", "sub1b-cax11", "1b",
-                                                      "1b-8gb", "vps", "balanced"};
+inline constexpr std::string_view profile_names[] = {"tiny",   "sub1b", "sub1b-cax11", "1b",
+                                                     "1b-8gb", "vps",   "balanced"};
 
 struct server_config {
   std::string host{"127.0.0.1"};
@@ -39,11 +40,15 @@ struct server_config {
   std::uint32_t shutdown_grace_ms{25'000};
   std::vector<std::string> cors_allow_origins{};
   bool allow_unauthenticated_public{false};
+
+  friend bool operator==(server_config const&, server_config const&) = default;
 };
 
 struct openai_config {
   bool strict_model_names{false};
   std::optional<std::uint32_t> default_max_tokens{};  // unset = model.max_output_tokens
+
+  friend bool operator==(openai_config const&, openai_config const&) = default;
 };
 
 // A warm-up request: the /v1/infer body fields it may carry (validated like a request at load time).
@@ -55,6 +60,8 @@ struct warmup_request {
   std::optional<std::uint32_t> max_tokens{};
   std::optional<double> temperature{};
   std::optional<std::int64_t> seed{};
+
+  friend bool operator==(warmup_request const&, warmup_request const&) = default;
 };
 
 struct launch_profile {
@@ -84,6 +91,8 @@ struct launch_profile {
   std::vector<std::string> extra_args{};
   bool supervise{false};
   std::uint32_t load_timeout_ms{300'000};
+
+  friend bool operator==(launch_profile const&, launch_profile const&) = default;
 };
 
 enum class adapter_kind { mock, openai_compatible, llama_cpp };
@@ -110,6 +119,8 @@ struct adapter_config {
   std::uint32_t health_interval_ms{2000};
   std::uint32_t health_timeout_ms{5000};
   std::optional<launch_profile> launch{};  // JSON key "launchProfile"
+
+  friend bool operator==(adapter_config const&, adapter_config const&) = default;
 };
 
 struct model_config {
@@ -121,6 +132,8 @@ struct model_config {
   bool warm_on_boot{false};
   std::vector<std::string> aliases{};
   adapter_config adapter{};
+
+  friend bool operator==(model_config const&, model_config const&) = default;
 };
 
 struct scheduler_config {
@@ -137,9 +150,12 @@ struct scheduler_config {
   std::optional<std::uint32_t> first_token_timeout_ms{};  // unset = request_timeout_ms
   std::uint32_t idle_token_timeout_ms{30'000};
   std::uint32_t starvation_ms{2000};
+
+  friend bool operator==(scheduler_config const&, scheduler_config const&) = default;
 };
 
 enum class cache_key_strategy { input, input_params };
+std::string_view cache_key_strategy_name(cache_key_strategy k) noexcept;  // "input" | "input+params"
 
 struct cache_config {
   bool enabled{true};
@@ -147,6 +163,8 @@ struct cache_config {
   std::uint64_t max_bytes{1u << 20};
   std::uint32_t ttl_ms{30'000};
   cache_key_strategy key_strategy{cache_key_strategy::input_params};
+
+  friend bool operator==(cache_config const&, cache_config const&) = default;
 };
 
 struct degradation_config {
@@ -163,6 +181,8 @@ struct degradation_config {
   double cpu_psi_full_avg10_threshold{5};
   double shed_at_memory_psi_full_avg10{20};
   std::vector<std::string> watch_cgroups{};
+
+  friend bool operator==(degradation_config const&, degradation_config const&) = default;
 };
 
 struct prompt_compiler_config {
@@ -170,9 +190,12 @@ struct prompt_compiler_config {
   bool collapse_whitespace{true};
   bool dedupe_repeated_lines{true};
   std::vector<std::string> family_metadata_keys{"promptFamily", "taskTemplate", "template", "useCase"};
+
+  friend bool operator==(prompt_compiler_config const&, prompt_compiler_config const&) = default;
 };
 
 enum class lane { short_lane, draft };
+std::string_view lane_name(lane l) noexcept;  // "short" | "draft"
 
 struct template_config {
   std::string family{};
@@ -182,6 +205,8 @@ struct template_config {
   std::vector<std::string> variables{};
   std::optional<std::uint32_t> default_max_tokens{};
   std::optional<std::string> response_format{};  // "text" | "json_object"
+
+  friend bool operator==(template_config const&, template_config const&) = default;
 };
 
 struct async_queue_config {
@@ -198,23 +223,31 @@ struct async_queue_config {
   std::vector<std::string> callback_allowed_hosts{};
   bool callback_allow_private_network{false};
   std::optional<std::string> callback_secret_env{};
+
+  friend bool operator==(async_queue_config const&, async_queue_config const&) = default;
 };
 
 enum class log_level { debug, info, warn, error };
+std::string_view log_level_name(log_level l) noexcept;  // "debug" | "info" | "warn" | "error"
 
 struct telemetry_config {
   std::string service_name{"ray-gateway"};
   log_level level{log_level::info};  // JSON key "logLevel"
   std::uint32_t slow_request_threshold_ms{750};
+
+  friend bool operator==(telemetry_config const&, telemetry_config const&) = default;
 };
 
 struct auth_config {
   bool enabled{false};
   std::string api_key_env{"RAY_API_KEYS"};
   std::vector<std::string> api_key_sha256{};
+
+  friend bool operator==(auth_config const&, auth_config const&) = default;
 };
 
 enum class rate_limit_key { ip, api_key, ip_api_key };
+std::string_view rate_limit_key_name(rate_limit_key k) noexcept;  // "ip" | "api-key" | "ip+api-key"
 
 struct rate_limit_config {
   bool enabled{false};
@@ -223,6 +256,8 @@ struct rate_limit_config {
   std::uint32_t max_keys{2048};
   rate_limit_key key_strategy{rate_limit_key::ip};
   bool trust_proxy_headers{false};
+
+  friend bool operator==(rate_limit_config const&, rate_limit_config const&) = default;
 };
 
 struct config {
@@ -240,23 +275,46 @@ struct config {
   auth_config auth{};
   rate_limit_config rate_limit{};
   std::map<std::string, std::string> tags{};
+
+  friend bool operator==(config const&, config const&) = default;
 };
 
 // The complete built-in defaults of a profile (config.md "Profiles"), or an error for an unknown name.
+// Where the table of config.md is silent the values are listed in profiles.cpp. Derived values are filled in:
+// launchProfile.modelPath = /var/lib/ray/models/<modelRef>.gguf, launchProfile.alias = modelRef.
 result<config> profile_defaults(std::string_view profile);
+
+// The four built-in email templates (spec/serving-core.md "Templates"), keyed by template id. Templates of
+// the config (`config::templates`) are added to these and may not reuse their ids.
+std::map<std::string, template_config> const& builtin_templates();
+
+// The `{{ name }}` placeholder names of a template text, in order of appearance (repeats included).
+std::vector<std::string> template_placeholders(std::string_view text);
+
+// Every range and cross-field rule of config.md, on a complete config (load() calls it after all layers;
+// tools that build a config in code call it too). The error names the JSON path, the value and the rule.
+// scheduler.maxInflightTokens above launchProfile.ctxSize is *not* an error here: load() caps it with a
+// warning.
+result<void> validate(config const& cfg);
+
+// True for "localhost", 127.0.0.0/8 and ::1 (with or without brackets).
+bool is_loopback_host(std::string_view host) noexcept;
 
 // Command-line flags of `ray serve` that override config (highest precedence). Unset = not given.
 struct flag_overrides {
   std::optional<std::string> profile{};
   std::optional<std::string> host{};
   std::optional<std::uint32_t> port{};
-  std::optional<std::string> backend_url{};     // selects the llama.cpp adapter at that URL
-  std::optional<std::string> model_path{};      // llama.cpp + launchProfile.supervise
-  std::optional<std::string> llama_server{};    // launchProfile.binaryPath
+  std::optional<std::string> backend_url{};   // selects the llama.cpp adapter at that URL
+  std::optional<std::string> model_path{};    // llama.cpp + launchProfile.supervise
+  std::optional<std::string> llama_server{};  // launchProfile.binaryPath
   bool allow_unauthenticated_public{false};
 };
 
-// Where a value came from: "profile:<name>", "file", "env:RAY_X", "flag:--port".
+// Where a value came from: "profile:<name>", "file", "env:RAY_X", "flag:--port". A loaded config has one
+// entry per leaf of to_json() (scalars, arrays, nulls, empty objects; map entries such as "tags.owner" are
+// leaves); fields a layer created without naming (a launchProfile introduced by the file) carry that layer's
+// source.
 using source_map = std::map<std::string, std::string>;  // JSON path ("server.port") -> source
 
 // A warning produced while loading (ignored TypeScript-era keys, unknown RAY_* variables, capped values).
@@ -273,21 +331,42 @@ struct loaded_config {
 
 // Environment access is injected so tests do not touch the process environment.
 using env_map = std::map<std::string, std::string>;
-env_map process_environment();  // the RAY_* (and referenced) variables of this process
+env_map process_environment();  // the RAY_* variables of this process
+// The RAY_* variables plus the named ones (e.g. referenced_env_names(cfg): the API-key variable of `auth`).
+env_map process_environment(std::vector<std::string> const& extra_names);
+// Names of the environment variables a config refers to for secrets: auth.apiKeyEnv, model.adapter.apiKeyEnv,
+// asyncQueue.callbackSecretEnv (the ones that are set in the config).
+std::vector<std::string> referenced_env_names(config const& cfg);
 
 // Loads: profile defaults < file (if path non-empty) < env < flags, then validates everything.
-// Errors name the JSON path, the value and the rule (e.g. `scheduler.maxQueue: 0 is below the minimum 1`), and
-// for unknown keys suggest the closest valid one. Does not check that secrets, model files or dirs exist.
+// - The file: a regular file of at most 256 KiB holding a JSON object (errors say which, or give the line and
+//   column of a JSON syntax error). Objects merge deeply over the profile; arrays and scalars replace; `null`
+//   resets an optional field (e.g. "launchProfile": null removes the profile's launch profile).
+// - Launch-profile variables (RAY_LLAMA_CPP_*, RAY_MODEL_PATH) apply only to llama.cpp with a launchProfile
+//   (which a flag may create: --model-path); a flag beats the variable for the same field.
+// - Derived, unless some layer sets them: launchProfile.modelPath = /var/lib/ray/models/<modelRef>.gguf and
+//   launchProfile.alias = modelRef (model.id when modelRef is empty); a llama.cpp baseUrl follows the launch
+//   profile's host:port. apiKeySha256 digests are lowercased.
+// - Warnings (load_warning, at most one of each kind): ignored TypeScript-era keys, unknown RAY_* variables
+//   (names only, never values), launch variables without a launch profile, maxInflightTokens capped.
+// Errors are errc::invalid_request with one line naming the JSON path, the value and the rule, plus which
+// setting supplied it when it was not the file (`scheduler.maxQueue: 0 is below the minimum 1 (set by
+// RAY_SCHEDULER_MAX_QUEUE)`); `param` holds the path. Unknown keys get the closest valid key suggested. Does
+// not check that secrets, model files or dirs exist.
 result<loaded_config> load(std::string const& file_path, env_map const& env, flag_overrides const& flags);
 
-// Same, from JSON text already read (tests; `file_label` is used in messages).
-result<loaded_config> load_from_text(std::string_view json_text, env_map const& env, flag_overrides const& flags);
+// Same, from JSON text already read (tests and `config validate` of stdin); the text counts as a config file.
+result<loaded_config> load_from_text(std::string_view json_text, env_map const& env,
+                                     flag_overrides const& flags);
 
-// The effective config as JSON in the TypeScript gateway's camelCase layout (complete: every field).
+// The effective config as JSON in the TypeScript gateway's camelCase layout (complete: every field; unset
+// optionals are null; built-in templates are not included). Loading it as a file gives back an equal config.
 boost::json::object to_json(config const& cfg);
-// The same with secrets redacted (adapter header values, key digests) — what /v1/config serves, plus "_sources".
+// The same with secrets redacted (adapter header values, key digests) — what /v1/config serves, plus
+// "_sources".
 boost::json::object to_public_json(loaded_config const& loaded);
-// `ray config explain`: every effective value with its source, one per line: `server.port = 3000  (profile:tiny)`.
+// `ray config explain`: every effective value with its source, one per line: `server.port = 3000
+// (profile:tiny)`. Secrets are redacted as in to_public_json.
 std::string explain(loaded_config const& loaded);
 
 }  // namespace ray::config

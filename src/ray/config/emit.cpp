@@ -1,0 +1,288 @@
+// JSON views of a config: to_json (complete, camelCase, loads back to an equal config), the redacted public
+// view of /v1/config, and `ray config explain`.
+#include "ray/config/detail.hpp"
+
+#include <boost/json/serialize.hpp>
+
+#include <charconv>
+
+namespace ray::config {
+
+namespace {
+
+namespace json = boost::json;
+
+// Whole numbers stored as double are written as integers ("10", not "1E1"); the loader reads either.
+json::value num(double d) {
+  if (d == static_cast<double>(static_cast<std::int64_t>(d)) && d > -1e15 && d < 1e15)
+    return static_cast<std::int64_t>(d);
+  return d;
+}
+
+template <class T>
+json::value opt(std::optional<T> const& v) {
+  if (!v) return nullptr;
+  if constexpr (std::is_same_v<T, std::string>)
+    return json::string(*v);
+  else
+    return json::value(*v);
+}
+
+json::array strings(std::vector<std::string> const& v) {
+  json::array a;
+  for (auto const& s : v)
+    a.emplace_back(json::string(s));
+  return a;
+}
+
+json::object string_map(std::map<std::string, std::string> const& m) {
+  json::object o;
+  for (auto const& [k, v] : m)
+    o[k] = v;
+  return o;
+}
+
+json::object launch_json(launch_profile const& l) {
+  return json::object{{"preset", l.preset},
+                      {"binaryPath", l.binary_path},
+                      {"modelPath", l.model_path},
+                      {"host", l.host},
+                      {"port", l.port},
+                      {"alias", l.alias},
+                      {"ctxSize", l.ctx_size},
+                      {"parallel", l.parallel},
+                      {"threads", l.threads},
+                      {"threadsBatch", opt(l.threads_batch)},
+                      {"threadsHttp", opt(l.threads_http)},
+                      {"batchSize", l.batch_size},
+                      {"ubatchSize", l.ubatch_size},
+                      {"cacheReuse", l.cache_reuse},
+                      {"cacheRamMiB", l.cache_ram_mib},
+                      {"cachePrompt", l.cache_prompt},
+                      {"continuousBatching", l.continuous_batching},
+                      {"enableMetrics", l.enable_metrics},
+                      {"exposeSlots", l.expose_slots},
+                      {"warmup", l.warmup},
+                      {"enableUnifiedKv", l.enable_unified_kv},
+                      {"cacheIdleSlots", l.cache_idle_slots},
+                      {"contextShift", l.context_shift},
+                      {"extraArgs", strings(l.extra_args)},
+                      {"supervise", l.supervise},
+                      {"loadTimeoutMs", l.load_timeout_ms}};
+}
+
+// A warm-up request carries only the fields it sets, like the request body it stands for.
+json::object warmup_json(warmup_request const& w) {
+  json::object o;
+  if (w.input) o["input"] = *w.input;
+  if (w.system) o["system"] = *w.system;
+  if (w.template_id) o["templateId"] = *w.template_id;
+  if (!w.template_variables.empty()) o["templateVariables"] = string_map(w.template_variables);
+  if (w.max_tokens) o["maxTokens"] = *w.max_tokens;
+  if (w.temperature) o["temperature"] = num(*w.temperature);
+  if (w.seed) o["seed"] = *w.seed;
+  return o;
+}
+
+json::object adapter_json(adapter_config const& a) {
+  json::array warmups;
+  for (auto const& w : a.warmup_requests)
+    warmups.emplace_back(warmup_json(w));
+  return json::object{
+      {"kind", adapter_kind_name(a.kind)},
+      {"latencyMs", a.latency_ms},
+      {"seed", a.seed},
+      {"tokensPerSecond", a.tokens_per_second},
+      {"baseUrl", a.base_url},
+      {"modelRef", a.model_ref},
+      {"timeoutMs", a.timeout_ms},
+      {"apiKeyEnv", opt(a.api_key_env)},
+      {"headers", string_map(a.headers)},
+      {"warmupRequests", std::move(warmups)},
+      {"cachePrompt", a.cache_prompt},
+      {"slotId", opt(a.slot_id)},
+      {"slotStateTtlMs", a.slot_state_ttl_ms},
+      {"slotSnapshotTimeoutMs", a.slot_snapshot_timeout_ms},
+      {"healthIntervalMs", a.health_interval_ms},
+      {"healthTimeoutMs", a.health_timeout_ms},
+      {"launchProfile", a.launch ? json::value(launch_json(*a.launch)) : json::value(nullptr)}};
+}
+
+json::object templates_json(std::map<std::string, template_config> const& templates) {
+  json::object o;
+  for (auto const& [id, t] : templates) {
+    o[id] = json::object{{"family", t.family},
+                         {"lane", lane_name(t.lane_)},
+                         {"system", opt(t.system)},
+                         {"input", t.input},
+                         {"variables", strings(t.variables)},
+                         {"defaultMaxTokens", opt(t.default_max_tokens)},
+                         {"responseFormat", opt(t.response_format)}};
+  }
+  return o;
+}
+
+// Shortest text that reads back to the same double ("0.9", not "9E-1").
+std::string number_text(double d) {
+  char buf[64];
+  auto r = std::to_chars(buf, buf + sizeof buf, d);
+  return std::string(buf, r.ptr);
+}
+
+std::string leaf_text(json::value const& v) {
+  if (v.is_double()) return number_text(v.get_double());
+  if (v.is_array()) {
+    std::string s = "[";
+    for (std::size_t i = 0; i < v.get_array().size(); ++i)
+      s += (i ? ", " : "") + leaf_text(v.get_array()[i]);
+    return s + "]";
+  }
+  return json::serialize(v);
+}
+
+}  // namespace
+
+namespace detail {
+
+void flatten(json::value const& v, std::string const& path,
+             std::vector<std::pair<std::string, json::value const*>>& out) {
+  if (v.is_object() && !v.get_object().empty()) {
+    for (auto const& [k, child] : v.get_object())
+      flatten(child, join(path, k), out);
+    return;
+  }
+  out.emplace_back(path, &v);
+}
+
+}  // namespace detail
+
+boost::json::object to_json(config const& c) {
+  auto const& s = c.server;
+  auto const& m = c.model;
+  auto const& q = c.scheduler;
+  auto const& g = c.graceful_degradation;
+  auto const& aq = c.async_queue;
+  return json::object{
+      {"profile", c.profile},
+      {"server", json::object{{"host", s.host},
+                              {"port", s.port},
+                              {"requestBodyLimitBytes", s.request_body_limit_bytes},
+                              {"threads", s.threads},
+                              {"maxConnections", s.max_connections},
+                              {"maxHeaderBytes", s.max_header_bytes},
+                              {"maxHeaders", s.max_headers},
+                              {"maxTargetBytes", s.max_target_bytes},
+                              {"headersTimeoutMs", s.headers_timeout_ms},
+                              {"bodyTimeoutMs", s.body_timeout_ms},
+                              {"keepAliveTimeoutMs", s.keep_alive_timeout_ms},
+                              {"maxRequestsPerConnection", s.max_requests_per_connection},
+                              {"sseKeepAliveMs", s.sse_keep_alive_ms},
+                              {"streamBufferBytes", s.stream_buffer_bytes},
+                              {"shutdownGraceMs", s.shutdown_grace_ms},
+                              {"corsAllowOrigins", strings(s.cors_allow_origins)},
+                              {"allowUnauthenticatedPublic", s.allow_unauthenticated_public}}},
+      {"openai", json::object{{"strictModelNames", c.openai.strict_model_names},
+                              {"defaultMaxTokens", opt(c.openai.default_max_tokens)}}},
+      {"model", json::object{{"id", m.id},
+                             {"family", m.family},
+                             {"quantization", m.quantization},
+                             {"contextWindow", m.context_window},
+                             {"maxOutputTokens", m.max_output_tokens},
+                             {"warmOnBoot", m.warm_on_boot},
+                             {"aliases", strings(m.aliases)},
+                             {"adapter", adapter_json(m.adapter)}}},
+      {"scheduler", json::object{{"concurrency", q.concurrency},
+                                 {"maxQueue", q.max_queue},
+                                 {"maxQueuedTokens", q.max_queued_tokens},
+                                 {"maxInflightTokens", q.max_inflight_tokens},
+                                 {"requestTimeoutMs", q.request_timeout_ms},
+                                 {"dedupeInflight", q.dedupe_inflight},
+                                 {"batchWindowMs", q.batch_window_ms},
+                                 {"affinityLookahead", q.affinity_lookahead},
+                                 {"shortJobMaxTokens", q.short_job_max_tokens},
+                                 {"queueTimeoutMs", opt(q.queue_timeout_ms)},
+                                 {"firstTokenTimeoutMs", opt(q.first_token_timeout_ms)},
+                                 {"idleTokenTimeoutMs", q.idle_token_timeout_ms},
+                                 {"starvationMs", q.starvation_ms}}},
+      {"cache", json::object{{"enabled", c.cache.enabled},
+                             {"maxEntries", c.cache.max_entries},
+                             {"maxBytes", c.cache.max_bytes},
+                             {"ttlMs", c.cache.ttl_ms},
+                             {"keyStrategy", cache_key_strategy_name(c.cache.key_strategy)}}},
+      {"gracefulDegradation",
+       json::object{{"enabled", g.enabled},
+                    {"queueDepthThreshold", g.queue_depth_threshold},
+                    {"maxPromptChars", g.max_prompt_chars},
+                    {"degradeToMaxTokens", g.degrade_to_max_tokens},
+                    {"memoryRssThresholdMiB", g.memory_rss_threshold_mib},
+                    {"memoryCgroupPressureRatioThreshold", num(g.memory_cgroup_pressure_ratio_threshold)},
+                    {"cpuThrottledRatioThreshold", num(g.cpu_throttled_ratio_threshold)},
+                    {"memoryPsiSomeAvg10Threshold", num(g.memory_psi_some_avg10_threshold)},
+                    {"memoryPsiFullAvg10Threshold", num(g.memory_psi_full_avg10_threshold)},
+                    {"cpuPsiSomeAvg10Threshold", num(g.cpu_psi_some_avg10_threshold)},
+                    {"cpuPsiFullAvg10Threshold", num(g.cpu_psi_full_avg10_threshold)},
+                    {"shedAtMemoryPsiFullAvg10", num(g.shed_at_memory_psi_full_avg10)},
+                    {"watchCgroups", strings(g.watch_cgroups)}}},
+      {"promptCompiler",
+       json::object{{"enabled", c.prompt_compiler.enabled},
+                    {"collapseWhitespace", c.prompt_compiler.collapse_whitespace},
+                    {"dedupeRepeatedLines", c.prompt_compiler.dedupe_repeated_lines},
+                    {"familyMetadataKeys", strings(c.prompt_compiler.family_metadata_keys)}}},
+      {"prompts", json::object{{"templates", templates_json(c.templates)}}},
+      {"asyncQueue", json::object{{"enabled", aq.enabled},
+                                  {"storageDir", aq.storage_dir},
+                                  {"maxJobs", aq.max_jobs},
+                                  {"minFreeStorageMiB", aq.min_free_storage_mib},
+                                  {"completedTtlMs", aq.completed_ttl_ms},
+                                  {"pollIntervalMs", aq.poll_interval_ms},
+                                  {"dispatchConcurrency", aq.dispatch_concurrency},
+                                  {"maxAttempts", aq.max_attempts},
+                                  {"callbackTimeoutMs", aq.callback_timeout_ms},
+                                  {"maxCallbackAttempts", aq.max_callback_attempts},
+                                  {"callbackAllowedHosts", strings(aq.callback_allowed_hosts)},
+                                  {"callbackAllowPrivateNetwork", aq.callback_allow_private_network},
+                                  {"callbackSecretEnv", opt(aq.callback_secret_env)}}},
+      {"telemetry", json::object{{"serviceName", c.telemetry.service_name},
+                                 {"logLevel", log_level_name(c.telemetry.level)},
+                                 {"slowRequestThresholdMs", c.telemetry.slow_request_threshold_ms}}},
+      {"auth", json::object{{"enabled", c.auth.enabled},
+                            {"apiKeyEnv", c.auth.api_key_env},
+                            {"apiKeySha256", strings(c.auth.api_key_sha256)}}},
+      {"rateLimit", json::object{{"enabled", c.rate_limit.enabled},
+                                 {"windowMs", c.rate_limit.window_ms},
+                                 {"maxRequests", c.rate_limit.max_requests},
+                                 {"maxKeys", c.rate_limit.max_keys},
+                                 {"keyStrategy", rate_limit_key_name(c.rate_limit.key_strategy)},
+                                 {"trustProxyHeaders", c.rate_limit.trust_proxy_headers}}},
+      {"tags", string_map(c.tags)},
+  };
+}
+
+boost::json::object to_public_json(loaded_config const& loaded) {
+  auto o = to_json(loaded.cfg);
+  for (auto& [name, value] : o["model"].as_object()["adapter"].as_object()["headers"].as_object())
+    value = "[redacted]";
+  for (auto& digest : o["auth"].as_object()["apiKeySha256"].as_array())
+    digest = "[redacted]";
+  json::object sources;
+  for (auto const& [path, source] : loaded.sources)
+    sources[path] = source;
+  o["_sources"] = std::move(sources);
+  return o;
+}
+
+std::string explain(loaded_config const& loaded) {
+  auto view = json::value(to_public_json(loaded));
+  view.as_object().erase("_sources");
+  std::vector<std::pair<std::string, json::value const*>> leaves;
+  detail::flatten(view, "", leaves);
+  std::string out;
+  for (auto const& [path, v] : leaves) {
+    auto it = loaded.sources.find(path);
+    auto source = it != loaded.sources.end() ? it->second : "profile:" + loaded.cfg.profile;
+    out += path + " = " + leaf_text(*v) + "  (" + source + ")\n";
+  }
+  return out;
+}
+
+}  // namespace ray::config
