@@ -1,7 +1,7 @@
 #include "ray/api/api.hpp"
 
 #include <boost/json/parse.hpp>
-#include <boost/json/serialize.hpp>
+#include "ray/telemetry/telemetry.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -216,7 +216,7 @@ std::string render_infer_response(runtime::infer_result const& r, std::string co
                                   {"promptCompiler", std::move(compiler)},
                                   {"provider", std::move(provider)}};
   o["createdAt"] = format_timestamp(created);
-  return json::serialize(o);
+  return telemetry::to_json(o);
 }
 
 }  // namespace ray::api

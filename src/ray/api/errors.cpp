@@ -1,6 +1,6 @@
 #include "ray/api/api.hpp"
 
-#include <boost/json/serialize.hpp>
+#include "ray/telemetry/telemetry.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -127,7 +127,7 @@ http::response error_response(ray::error const& err, envelope env) {
   }
   boost::json::object body;
   body["error"] = std::move(e);
-  res.body() = boost::json::serialize(body);
+  res.body() = telemetry::to_json(body);
 
   auto st = static_cast<unsigned>(res.result());
   if (st == 400 || st == 413) res.set("x-should-retry", "false");

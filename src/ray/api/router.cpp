@@ -96,6 +96,7 @@ http::response router::error_response(ray::error const& err, http::request_heade
   if (header) add_cors(*header, res);
   // Errors answered by the server before a handler ran (framing, routing) are counted here.
   requests_.with({route.label, std::to_string(static_cast<unsigned>(res.result()))}).inc();
+  app_.rt.count_rejection(err.code);
   if (app_.rejections) app_.rejections->record(code_name(err.code), {{"route", route.label}});
   return res;
 }
@@ -136,12 +137,16 @@ void router::record(route_info const& route, unsigned status, std::chrono::stead
 http::response router::readyz() const {
   auto const st = app_.backend.current_state();
   auto const stats = app_.rt.stats();
+  auto const pv = app_.rt.pressure();
   bool const shutting = app_.shutting_down.load(std::memory_order_relaxed);
   auto const* srv = app_.server;
   bool const http_pressure = srv && srv->stats().connections.load(std::memory_order_relaxed) * 10 >=
                                         srv->current_limits().max_connections * 9;
   boost::json::array reasons;
   if (st != backend::state::ready) reasons.emplace_back("provider_" + std::string(backend::state_name(st)));
+  if (pv.queue) reasons.emplace_back("queue_pressure");
+  if (pv.memory) reasons.emplace_back("memory_pressure");
+  if (pv.cpu) reasons.emplace_back("cpu_pressure");
   if (http_pressure) reasons.emplace_back("gateway_http_pressure");
   if (shutting) reasons.emplace_back("shutting_down");
   bool const ready = backend::is_serving(st) && !shutting;
@@ -151,16 +156,15 @@ http::response router::readyz() const {
                         {"providerStatus", backend::state_name(st)},
                         {"queueDepth", stats.queue_depth},
                         {"inFlight", stats.in_flight},
-                        {"pressure", boost::json::object{{"queue", false},
+                        {"pressure", boost::json::object{{"queue", pv.queue},
                                                          {"preparation", false},
-                                                         {"memory", false},
-                                                         {"cpu", false},
+                                                         {"memory", pv.memory},
+                                                         {"cpu", pv.cpu},
                                                          {"asyncQueue", false},
                                                          {"rateLimit", false},
                                                          {"gatewayHttp", http_pressure}}},
                         {"reasons", std::move(reasons)}};
-  return json_response(ready ? http::status::ok : http::status::service_unavailable,
-                       boost::json::serialize(o));
+  return json_response(ready ? http::status::ok : http::status::service_unavailable, telemetry::to_json(o));
 }
 
 http::response router::health() const {
@@ -178,13 +182,27 @@ http::response router::health() const {
   boost::json::object tags;
   for (auto const& [k, v] : cfg.tags)
     tags[k] = v;
-  boost::json::object details{{"loadMs", nullptr},        {"restarts", 0},
-                              {"lastRestartAt", nullptr}, {"build", nullptr},
-                              {"modelPath", nullptr},     {"nCtx", desc.context_per_request},
-                              {"totalSlots", desc.slots}, {"slotsBusy", stats.in_flight},
-                              {"lastError", nullptr}};
+  auto const bd = app_.backend.current_details();
+  auto const pv = app_.rt.pressure();
+  auto opt = [](auto const& v) -> boost::json::value {
+    if (v) return boost::json::value(*v);
+    return nullptr;
+  };
+  auto str_or_null = [](std::string const& v) -> boost::json::value {
+    if (v.empty()) return nullptr;
+    return boost::json::value(v);
+  };
+  boost::json::object details{{"loadMs", opt(bd.load_ms)},
+                              {"restarts", bd.restarts},
+                              {"lastRestartAt", str_or_null(bd.last_restart_at)},
+                              {"build", str_or_null(bd.build)},
+                              {"modelPath", str_or_null(bd.model_path)},
+                              {"nCtx", desc.context_per_request},
+                              {"totalSlots", desc.slots},
+                              {"slotsBusy", bd.slots_busy},
+                              {"lastError", str_or_null(bd.last_error)}};
   boost::json::object queue{
-      {"degraded", false},
+      {"degraded", pv.queue},
       {"depth", stats.queue_depth},
       {"depthRatio", ratio(stats.queue_depth, cfg.scheduler.max_queue)},
       {"threshold", cfg.graceful_degradation.queue_depth_threshold},
@@ -198,30 +216,31 @@ http::response router::health() const {
       {"inFlightTokens", stats.in_flight_tokens},
       {"inFlightTokensRatio", ratio(double(stats.in_flight_tokens), cfg.scheduler.max_inflight_tokens)},
       {"maxInflightTokens", cfg.scheduler.max_inflight_tokens}};
-  boost::json::object cache{{"enabled", cfg.cache.enabled},
-                            {"entries", 0},
-                            {"maxEntries", cfg.cache.max_entries},
-                            {"bytes", 0},
-                            {"maxBytes", cfg.cache.max_bytes},
-                            {"hits", 0},
-                            {"misses", 0},
-                            {"evictions", 0},
-                            {"expirations", 0}};
-  boost::json::object runtime_o{{"queue", std::move(queue)},
-                                {"preparation", boost::json::object{{"degraded", false}, {"active", 0}}},
-                                {"cache", std::move(cache)},
-                                {"memory", boost::json::object{{"degraded", false},
-                                                               {"sources", boost::json::array{}},
-                                                               {"cgroup", nullptr},
-                                                               {"processRssMiB", nullptr},
-                                                               {"cgroupCurrentMiB", nullptr},
-                                                               {"cgroupLimitMiB", nullptr},
-                                                               {"psiSomeAvg10", nullptr},
-                                                               {"psiFullAvg10", nullptr}}},
-                                {"cpu", boost::json::object{{"degraded", false},
-                                                            {"throttledRatio", nullptr},
-                                                            {"psiSomeAvg10", nullptr},
-                                                            {"psiFullAvg10", nullptr}}}};
+  auto const cv = app_.rt.cache_stats();
+  boost::json::object cache{{"enabled", cfg.cache.enabled}, {"entries", cv.entries},
+                            {"maxEntries", cv.max_entries}, {"bytes", cv.bytes},
+                            {"maxBytes", cv.max_bytes},     {"hits", cv.hits},
+                            {"misses", cv.misses},          {"evictions", cv.evictions},
+                            {"expirations", cv.expirations}};
+  boost::json::array sources;
+  for (auto const& src : pv.sources)
+    sources.emplace_back(src);
+  boost::json::object runtime_o{
+      {"queue", std::move(queue)},
+      {"preparation", boost::json::object{{"degraded", false}, {"active", 0}}},
+      {"cache", std::move(cache)},
+      {"memory", boost::json::object{{"degraded", pv.memory},
+                                     {"sources", std::move(sources)},
+                                     {"cgroup", str_or_null(pv.cgroup)},
+                                     {"processRssMiB", opt(pv.process_rss_mib)},
+                                     {"cgroupCurrentMiB", opt(pv.cgroup_current_mib)},
+                                     {"cgroupLimitMiB", opt(pv.cgroup_limit_mib)},
+                                     {"psiSomeAvg10", opt(pv.memory_psi_some_avg10)},
+                                     {"psiFullAvg10", opt(pv.memory_psi_full_avg10)}}},
+      {"cpu", boost::json::object{{"degraded", pv.cpu},
+                                  {"throttledRatio", opt(pv.cpu_throttled_ratio)},
+                                  {"psiSomeAvg10", opt(pv.cpu_psi_some_avg10)},
+                                  {"psiFullAvg10", opt(pv.cpu_psi_full_avg10)}}}};
   bool const down = st == backend::state::unreachable || st == backend::state::failed ||
                     st == backend::state::misconfigured;
   std::string_view status = down ? "unavailable" : (backend::is_serving(st) ? "ok" : "degraded");
@@ -234,10 +253,12 @@ http::response router::health() const {
       {"tags", std::move(tags)},
       {"queueDepth", stats.queue_depth},
       {"inFlight", stats.in_flight},
-      {"cacheEntries", 0},
+      {"cacheEntries", cv.entries},
       {"provider", boost::json::object{{"status", backend::state_name(st)},
-                                       {"checkedAt", format_timestamp(std::chrono::system_clock::now())},
-                                       {"latencyMs", 0},
+                                       {"checkedAt", bd.checked_at.empty()
+                                                         ? format_timestamp(std::chrono::system_clock::now())
+                                                         : bd.checked_at},
+                                       {"latencyMs", std::llround(bd.probe_latency_ms)},
                                        {"details", std::move(details)}}},
       {"runtime", std::move(runtime_o)},
       {"gateway",
@@ -248,8 +269,7 @@ http::response router::health() const {
   if (cfg.async_queue.enabled)
     o["asyncQueue"] =
         boost::json::object{{"enabled", false}, {"degraded", true}, {"reason", "not_implemented"}};
-  return json_response(down ? http::status::service_unavailable : http::status::ok,
-                       boost::json::serialize(o));
+  return json_response(down ? http::status::service_unavailable : http::status::ok, telemetry::to_json(o));
 }
 
 http::response router::metrics(http::request const& req) const {
@@ -288,7 +308,7 @@ boost::asio::awaitable<void> router::handle(http::exchange& ex) {
                               {"version", RAY_VERSION},
                               {"profile", app_.cfg().profile},
                               {"model", app_.cfg().model.id}};
-        res = json_response(http::status::ok, boost::json::serialize(o));
+        res = json_response(http::status::ok, telemetry::to_json(o));
         break;
       }
       case route_id::livez:
@@ -305,7 +325,7 @@ boost::asio::awaitable<void> router::handle(http::exchange& ex) {
         res = metrics(req);
         break;
       case route_id::config:
-        res = json_response(http::status::ok, boost::json::serialize(config::to_public_json(app_.loaded)));
+        res = json_response(http::status::ok, telemetry::to_json(config::to_public_json(app_.loaded)));
         break;
       case route_id::infer:
         co_await handle_infer(ex);

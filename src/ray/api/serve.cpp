@@ -1,4 +1,5 @@
 #include "ray/api/app.hpp"
+#include "ray/system/system.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -148,8 +149,11 @@ int serve(config::loaded_config loaded) {
 
   boost::asio::io_context ioc(static_cast<int>(cfg.server.threads));
   telemetry::registry metrics;
-  auto be = backend::make_mock(ioc.get_executor(), cfg);
-  runtime::runtime rt(ioc.get_executor(), cfg, *be, metrics);
+  auto be = cfg.model.adapter.kind == config::adapter_kind::mock
+                ? backend::make_mock(ioc.get_executor(), cfg)
+                : backend::make_remote(ioc.get_executor(), cfg, log);
+  system::sampler sampler(system::sampler::options_for(cfg.graceful_degradation));
+  runtime::runtime rt(ioc.get_executor(), cfg, *be, metrics, log, &sampler);
   app a{loaded, log, metrics, *be, rt};
   a.rejections = std::make_unique<telemetry::rejection_summarizer>(log);
   router r(a);

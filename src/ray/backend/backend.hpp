@@ -8,11 +8,13 @@
 
 #include "ray/config/config.hpp"
 #include "ray/core/core.hpp"
+#include "ray/telemetry/telemetry.hpp"
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -48,6 +50,7 @@ struct generation_request {
   std::optional<std::int64_t> seed{};
   std::vector<std::string> stop{};
   bool json_mode{false};
+  std::uint64_t affinity_key{0};  // same key → same backend slot while it is free (prompt-cache reuse)
 };
 
 struct generation_result {
@@ -81,11 +84,35 @@ struct description {
   std::string identity;  // changes when the served model changes (cache key part)
 };
 
+// What /health shows under provider.details (http-api.md §4).
+struct details {
+  std::optional<double> load_ms{};
+  std::uint32_t restarts{0};
+  std::string last_restart_at{};
+  std::string build{};
+  std::string model_path{};
+  std::uint32_t n_ctx{0};
+  std::uint32_t total_slots{0};
+  std::uint32_t slots_busy{0};
+  std::string last_error{};
+  std::string checked_at{};
+  double probe_latency_ms{0};
+};
+
+// Runs the configured warm-up requests through the runtime's pipeline (template rendering lives there); true
+// when every request succeeded. Set by the runtime before start().
+using warmup_fn = std::function<boost::asio::awaitable<bool>()>;
+
 class backend {
  public:
   virtual ~backend() = default;
   virtual state current_state() const noexcept = 0;
   virtual description describe() const = 0;
+  virtual details current_details() const { return {}; }
+  virtual void set_warmup(warmup_fn fn) { (void)fn; }
+  // Called (on the backend's executor) when a restart of the backend was detected: the served model may have
+  // changed, so cached results of the old one must go.
+  virtual void on_restart(std::function<void()> fn) { (void)fn; }
   // Attach / warm up in the background (returns at once). stop() ends background work.
   virtual void start() = 0;
   virtual void stop() = 0;
@@ -100,5 +127,12 @@ class backend {
 // (finish_reason "length" when cut), after adapter.latencyMs, streamed word by word at tokensPerSecond
 // (0 = all at once).
 std::unique_ptr<backend> make_mock(boost::asio::any_io_executor ex, config::config const& cfg);
+
+// llama-server (kind "llama.cpp") or any OpenAI-compatible server (kind "openai-compatible") at
+// model.adapter.baseUrl: the state machine of backends.md (health probe every healthIntervalMs and at once
+// after a connection error, /props for context and slots, restart detection, warm-up), every generation
+// streamed upstream and assembled here, slot affinity, error mapping. `log` must outlive the backend.
+std::unique_ptr<backend> make_remote(boost::asio::any_io_executor ex, config::config const& cfg,
+                                     telemetry::logger& log);
 
 }  // namespace ray::backend

@@ -1,44 +1,419 @@
 #include "ray/runtime/runtime.hpp"
 
+#include "ray/cache/cache.hpp"
 #include "ray/prompt/prompt.hpp"
+#include "ray/scheduler/scheduler.hpp"
+#include "ray/system/system.hpp"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
+#include <unordered_map>
 
 namespace ray::runtime {
 
 namespace {
-using namespace boost::asio::experimental::awaitable_operators;
-constexpr auto use_tuple = boost::asio::as_tuple(boost::asio::use_awaitable);
+namespace asio = boost::asio;
+using namespace asio::experimental::awaitable_operators;
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+using steady = std::chrono::steady_clock;
 
 double ms_between(ray::clock::time_point a, ray::clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
+
+// What the result cache keeps of an answer.
+struct cached_value {
+  std::string output;
+  std::string finish_reason;
+  std::optional<std::uint32_t> prompt_tokens, completion_tokens;
+  std::size_t completion_chars{0};
+  backend::generation_result provider;  // without text
+};
+
+enum class phase : std::uint8_t { queued, prefill, decode };
+std::string_view phase_name(phase p) {
+  switch (p) {
+    case phase::queued:
+      return "queued";
+    case phase::prefill:
+      return "prefill";
+    case phase::decode:
+      return "decode";
+  }
+  return "queued";
+}
+
+// One backend call that one or more waiters share.
+struct flight {
+  explicit flight(asio::any_io_executor const& ex) : done(ex, steady::time_point::max()), dispatch(ex) {}
+  std::uint64_t id{0};
+  std::string key;              // single-flight key; empty = not joinable
+  asio::steady_timer done;      // cancelled when the outcome is set: wakes every waiter
+  asio::steady_timer dispatch;  // cancelled when the scheduler dispatches the flight
+  asio::cancellation_signal cancel;
+  std::size_t waiters{0};
+  bool dispatched{false};
+  bool finished{false};
+  bool abandoned{false};  // every waiter left
+  phase ph{phase::queued};
+  std::optional<result<infer_result>> outcome;
+  // The prepared request.
+  backend::generation_request gen;
+  std::uint64_t cost{0};
+  config::lane lane{config::lane::draft};
+  ray::clock::time_point arrived{};
+  std::optional<cache::cache_key> cache_key;
+  infer_result base;     // model, prompt chars, degradation and prompt reports
+  std::string produced;  // text streamed so far (late joiners of streams will start from it)
+};
+
+class flight_sink final : public backend::token_sink {
+ public:
+  explicit flight_sink(flight& f) : f_(f) {}
+  void on_delta(std::string_view text) override {
+    f_.ph = phase::decode;
+    f_.produced.append(text);
+  }
+
+ private:
+  flight& f_;
+};
+
 }  // namespace
 
-runtime::runtime(boost::asio::any_io_executor ex, config::config const& cfg, backend::backend& be,
-                 telemetry::registry& metrics, ray::clock const& clock)
-    : ex_(std::move(ex)),
-      cfg_(cfg),
-      backend_(be),
-      clock_(clock),
-      rejections_(metrics.add_counter("ray_rejections_total", "Requests refused by the runtime, by reason.",
-                                      {"reason"}, {.json_name = "rejections"})) {
-  auto backend_requests =
-      metrics.add_counter("ray_backend_requests_total", "Generation calls sent to the backend, by outcome.",
-                          {"outcome"}, {.json_name = "backend.requests"});
-  backend_ok_ = backend_requests.with({"ok"});
-  backend_error_ = backend_requests.with({"error"});
-  backend_cancelled_ = backend_requests.with({"cancelled"});
-  ttft_ = metrics
-              .add_histogram("ray_time_to_first_token_seconds",
-                             "Time from dispatch to the first token, for requests that reached the backend.")
-              .with();
+struct runtime::impl {
+  impl(asio::any_io_executor e, config::config const& c, backend::backend& b, telemetry::registry& m,
+       telemetry::logger& l, system::sampler* s, ray::clock const& clk)
+      : ex(std::move(e)),
+        cfg(c),
+        be(b),
+        log(l),
+        sampler(s),
+        clock(clk),
+        desc(b.describe()),
+        sched(scheduler::limits::from(c, desc.slots, desc.kv_pool), clk),
+        cache({.max_entries = c.cache.max_entries, .max_bytes = c.cache.max_bytes, .ttl_ms = c.cache.ttl_ms},
+              clk),
+        batch_timer(ex),
+        rejections(m.add_counter("ray_rejections_total", "Requests refused, by error code.", {"reason"},
+                                 {.json_name = "rejections"})),
+        cancellations(m.add_counter("ray_cancellations_total",
+                                    "Requests whose client left or whose deadline fired, by phase.",
+                                    {"phase"}, {.json_name = "cancellations"})),
+        degradations(m.add_counter("ray_degradations_total", "Requests served degraded, by reason.",
+                                   {"reason"}, {.json_name = "degradations"})) {
+    auto backend_requests =
+        m.add_counter("ray_backend_requests_total", "Generation calls sent to the backend, by outcome.",
+                      {"outcome"}, {.json_name = "backend.requests"});
+    backend_ok = backend_requests.with({"ok"});
+    backend_error = backend_requests.with({"error"});
+    backend_cancelled = backend_requests.with({"cancelled"});
+    backend_timeout = backend_requests.with({"timeout"});
+    cache_hits =
+        m.add_counter("ray_cache_hits_total", "Result cache hits.", {}, {.json_name = "cache.hits"}).with();
+    cache_misses =
+        m.add_counter("ray_cache_misses_total", "Result cache misses.", {}, {.json_name = "cache.misses"})
+            .with();
+    dedupe_joins =
+        m.add_counter("ray_dedupe_joins_total", "Requests that joined an identical in-flight request.", {},
+                      {.json_name = "dedupe.joins"})
+            .with();
+    chars_saved = m.add_counter("ray_prompt_chars_saved_total", "Characters the prompt compiler removed.", {},
+                                {.json_name = "promptCompiler.charsSaved"})
+                      .with();
+    queue_wait =
+        m.add_histogram("ray_queue_wait_seconds", "Time dispatched requests waited in the queue.").with();
+    ttft = m.add_histogram("ray_time_to_first_token_seconds",
+                           "Time from dispatch to the first token, for requests that reached the backend.")
+               .with();
+    auto gauge = [&](char const* name, char const* help, char const* json, std::function<double()> fn) {
+      m.add_gauge(name, help, {}, {.json_name = json}).set_function({}, std::move(fn));
+    };
+    gauge("ray_queue_depth", "Requests waiting for dispatch.", "queue.depth",
+          [this] { return double(sched.stats().queue_depth); });
+    gauge("ray_queue_tokens", "Token cost of the waiting requests.", "queue.tokens",
+          [this] { return double(sched.stats().queued_tokens); });
+    gauge("ray_inflight_requests", "Requests dispatched to the backend.", "inflight.requests",
+          [this] { return double(sched.stats().in_flight); });
+    gauge("ray_inflight_tokens", "Token cost of the dispatched requests.", "inflight.tokens",
+          [this] { return double(sched.stats().in_flight_tokens); });
+    gauge("ray_backend_up", "1 when the backend is ready or degraded.", "backend.up",
+          [this] { return backend::is_serving(be.current_state()) ? 1.0 : 0.0; });
+    gauge("ray_backend_slots_busy", "Backend slots busy with Ray's requests.", "backend.slotsBusy",
+          [this] { return double(be.current_details().slots_busy); });
+    gauge("ray_backend_load_seconds", "Duration of the backend's last model load (0 when unknown).",
+          "backend.loadSeconds", [this] { return be.current_details().load_ms.value_or(0) / 1000.0; });
+    gauge("ray_memory_pressure", "1 while memory pressure degrades new work.", "pressure.memory",
+          [this] { return last_decision.memory_pressure ? 1.0 : 0.0; });
+    gauge("ray_cpu_pressure", "1 while CPU pressure degrades new work.", "pressure.cpu",
+          [this] { return last_decision.cpu_pressure ? 1.0 : 0.0; });
+    m.add_counter("ray_backend_restarts_total", "Backend restarts detected.", {},
+                  {.json_name = "backend.restarts"})
+        .set_function({}, [this] { return std::uint64_t{be.current_details().restarts}; });
+    auto states = m.add_gauge("ray_backend_state", "1 for the backend's current state.", {"state"});
+    for (auto s :
+         {backend::state::unknown, backend::state::starting, backend::state::loading, backend::state::warming,
+          backend::state::ready, backend::state::degraded, backend::state::unreachable,
+          backend::state::restarting, backend::state::failed, backend::state::misconfigured}) {
+      states.set_function({backend::state_name(s)},
+                          [this, s] { return be.current_state() == s ? 1.0 : 0.0; });
+    }
+  }
+
+  void reject(ray::error const& e) { rejections.with({code_name(e.code)}).inc(); }
+  void refresh_limits();
+  void pump();
+  void finish(std::shared_ptr<flight> const& f, result<infer_result> outcome);
+  system::decision pressure_decision();
+  asio::awaitable<void> run_flight(std::shared_ptr<flight> f);
+  asio::awaitable<bool> warm_up();
+
+  asio::any_io_executor ex;
+  config::config const& cfg;
+  backend::backend& be;
+  telemetry::logger& log;
+  system::sampler* sampler;
+  ray::clock const& clock;
+  backend::description desc;
+  scheduler::scheduler sched;
+  cache::result_cache<cached_value> cache;
+  asio::steady_timer batch_timer;
+  bool batch_armed{false};
+  std::unordered_map<std::string, std::shared_ptr<flight>> joinable;
+  std::unordered_map<std::uint64_t, std::shared_ptr<flight>> waiting;  // admitted, not yet dispatched
+  std::uint64_t next_id{1};
+  system::decision last_decision{};
+
+  telemetry::counter_family rejections, cancellations, degradations;
+  telemetry::counter backend_ok, backend_error, backend_cancelled, backend_timeout;
+  telemetry::counter cache_hits, cache_misses, dedupe_joins, chars_saved;
+  telemetry::histogram queue_wait, ttft;
+};
+
+void runtime::impl::refresh_limits() {
+  auto d = be.describe();
+  if (d.slots == desc.slots && d.kv_pool == desc.kv_pool && d.context_per_request == desc.context_per_request)
+    return;
+  desc = d;
+  auto evicted = sched.set_limits(scheduler::limits::from(cfg, desc.slots, desc.kv_pool));
+  for (auto id : evicted) {
+    auto it = waiting.find(id);
+    if (it == waiting.end()) continue;
+    auto f = it->second;
+    waiting.erase(it);
+    ray::error err{errc::request_token_budget_exceeded,
+                   "the backend's budgets shrank and this request no longer fits them; lower maxTokens"};
+    reject(err);
+    finish(f, err);
+  }
 }
+
+void runtime::impl::pump() {
+  for (;;) {
+    auto id = sched.next();
+    if (!id) break;
+    auto it = waiting.find(*id);
+    if (it == waiting.end()) continue;
+    auto f = it->second;
+    waiting.erase(it);
+    f->dispatched = true;
+    f->dispatch.cancel();
+  }
+  if (auto w = sched.wake_at(); w && !batch_armed) {
+    batch_armed = true;
+    batch_timer.expires_after(std::chrono::duration_cast<steady::duration>(*w - clock.now()));
+    batch_timer.async_wait([this](boost::system::error_code ec) {
+      batch_armed = false;
+      if (!ec) pump();
+    });
+  }
+}
+
+void runtime::impl::finish(std::shared_ptr<flight> const& f, result<infer_result> outcome) {
+  if (f->finished) return;
+  f->finished = true;
+  f->outcome = std::move(outcome);
+  if (!f->key.empty()) {
+    auto it = joinable.find(f->key);
+    if (it != joinable.end() && it->second == f) joinable.erase(it);
+  }
+  f->done.cancel();
+}
+
+system::decision runtime::impl::pressure_decision() {
+  if (!sampler) {
+    system::snapshot empty;
+    last_decision = system::evaluate(empty, cfg.graceful_degradation, sched.stats().queue_depth);
+  } else {
+    last_decision =
+        system::evaluate(sampler->sample(clock.now()), cfg.graceful_degradation, sched.stats().queue_depth);
+  }
+  return last_decision;
+}
+
+asio::awaitable<void> runtime::impl::run_flight(std::shared_ptr<flight> f) {
+  co_await asio::this_coro::throw_if_cancelled(false);
+  auto cs = co_await asio::this_coro::cancellation_state;
+  auto const cancelled = [&] { return f->abandoned || cs.cancelled() != asio::cancellation_type::none; };
+  if (cancelled()) {
+    cancellations.with({"queued"}).inc();
+    finish(f, ray::error{errc::provider_request_failed, "cancelled before admission"});
+    co_return;
+  }
+
+  auto admitted = sched.admit({f->id, f->cost, f->lane, f->gen.affinity_key, std::nullopt});
+  if (!admitted) {
+    reject(admitted.error());
+    finish(f, admitted.error());
+    co_return;
+  }
+  waiting.emplace(f->id, f);
+  pump();
+
+  auto const total = std::chrono::milliseconds(cfg.scheduler.request_timeout_ms);
+  auto const queue_limit =
+      std::chrono::milliseconds(cfg.scheduler.queue_timeout_ms.value_or(cfg.scheduler.request_timeout_ms));
+  if (!f->dispatched) {
+    f->dispatch.expires_at(steady::time_point::max());
+    asio::steady_timer deadline(ex);
+    deadline.expires_after(std::chrono::duration_cast<steady::duration>(
+        std::min(queue_limit, total) -
+        std::chrono::duration_cast<std::chrono::milliseconds>(clock.now() - f->arrived)));
+    co_await (f->dispatch.async_wait(use_tuple) || deadline.async_wait(use_tuple));
+    if (!f->dispatched) {
+      waiting.erase(f->id);
+      sched.cancel(f->id);
+      pump();
+      if (cancelled()) {
+        cancellations.with({"queued"}).inc();
+        finish(f, ray::error{errc::provider_request_failed, "the client left while queued"});
+      } else {
+        ray::error err{errc::request_timeout,
+                       "the request waited " + std::to_string(queue_limit.count()) +
+                           " ms in the queue without being dispatched (scheduler.queueTimeoutMs)"};
+        cancellations.with({"queued"}).inc();
+        reject(err);
+        finish(f, err);
+      }
+      co_return;
+    }
+  }
+
+  auto const dispatched_at = clock.now();
+  queue_wait.observe(dispatched_at - f->arrived);
+  f->ph = phase::prefill;
+  flight_sink sink(*f);
+  asio::steady_timer deadline(ex);
+  auto left = total - std::chrono::duration_cast<std::chrono::milliseconds>(dispatched_at - f->arrived);
+  deadline.expires_after(std::chrono::duration_cast<steady::duration>(left));
+  auto out = co_await (be.generate(f->gen, &sink) || deadline.async_wait(use_tuple));
+  if (cancelled()) {
+    sched.cancel(f->id);
+    pump();
+    cancellations.with({phase_name(f->ph)}).inc();
+    backend_cancelled.inc();
+    finish(f, ray::error{errc::provider_request_failed, "the client left"});
+    co_return;
+  }
+  if (out.index() == 1) {
+    sched.cancel(f->id);
+    pump();
+    cancellations.with({phase_name(f->ph)}).inc();
+    backend_timeout.inc();
+    ray::error err{errc::request_timeout, "the request did not complete within scheduler.requestTimeoutMs (" +
+                                              std::to_string(cfg.scheduler.request_timeout_ms) + " ms)"};
+    reject(err);
+    finish(f, err);
+    co_return;
+  }
+  sched.complete(f->id);
+  pump();
+  auto& gen = std::get<0>(out);
+  if (!gen) {
+    backend_error.inc();
+    reject(gen.error());
+    finish(f, gen.error());
+    co_return;
+  }
+  backend_ok.inc();
+  ttft.observe(gen->ttft_ms / 1000.0);
+
+  infer_result r = f->base;
+  r.completion_chars = count_code_points(gen->text);
+  r.prompt_tokens = gen->prompt_tokens;
+  r.completion_tokens = gen->completion_tokens;
+  r.finish_reason = gen->finish_reason;
+  r.output = std::move(gen->text);
+  r.queue_ms = ms_between(f->arrived, dispatched_at);
+  r.provider = std::move(*gen);
+  r.provider.text.clear();
+  if (f->cache_key && !r.degradation.applied) {
+    cached_value v{r.output,           r.finish_reason, r.prompt_tokens, r.completion_tokens,
+                   r.completion_chars, r.provider};
+    std::size_t payload = v.output.size() + v.finish_reason.size() + sizeof(cached_value);
+    cache.put(*f->cache_key, std::move(v), payload);
+  }
+  finish(f, std::move(r));
+}
+
+asio::awaitable<bool> runtime::impl::warm_up() {
+  std::vector<config::warmup_request> reqs = cfg.model.adapter.warmup_requests;
+  if (reqs.empty()) {
+    config::warmup_request w;
+    w.input = "Hello";
+    w.max_tokens = 1;
+    reqs.push_back(w);
+  }
+  for (auto const& w : reqs) {
+    backend::generation_request gen;
+    if (w.template_id) {
+      auto r = prompt::render_template(cfg, *w.template_id, w.template_variables);
+      if (!r) {
+        log.warn("warm-up request skipped", {{"templateId", *w.template_id}, {"reason", r.error().message}});
+        continue;
+      }
+      gen.system = std::move(r->system);
+      gen.prompt = std::move(r->input);
+    } else {
+      gen.system = w.system.value_or("");
+      gen.prompt = w.input.value_or("Hello");
+    }
+    gen.max_tokens = w.max_tokens.value_or(1);
+    gen.temperature = w.temperature;
+    gen.seed = w.seed;
+    auto r = co_await be.generate(std::move(gen), nullptr);
+    if (!r) {
+      log.warn("warm-up request failed", {{"reason", r.error().message}});
+      co_return false;
+    }
+  }
+  co_return true;
+}
+
+runtime::runtime(asio::any_io_executor ex, config::config const& cfg, backend::backend& be,
+                 telemetry::registry& metrics, telemetry::logger& log, system::sampler* sampler,
+                 ray::clock const& clock)
+    : impl_(std::make_unique<impl>(std::move(ex), cfg, be, metrics, log, sampler, clock)),
+      cfg_(cfg),
+      backend_(be) {
+  be.set_warmup([this]() -> asio::awaitable<bool> { co_return co_await impl_->warm_up(); });
+  be.on_restart([this] {
+    auto dropped = impl_->cache.stats().entries;
+    impl_->cache.clear();
+    impl_->log.info("result cache emptied after a backend restart", {{"entries", dropped}});
+  });
+}
+
+runtime::~runtime() = default;
 
 std::uint32_t runtime::context_window() const {
   auto d = backend_.describe();
@@ -46,30 +421,96 @@ std::uint32_t runtime::context_window() const {
                                    : cfg_.model.context_window;
 }
 
-boost::asio::awaitable<result<infer_result>> runtime::infer(infer_request req) {
-  auto const arrived = clock_.now();
-  auto reject = [this](ray::error err) -> result<infer_result> {
-    rejections_.with({code_name(err.code)}).inc();
+void runtime::count_rejection(errc code) {
+  impl_->rejections.with({code_name(code)}).inc();
+}
+
+runtime_stats runtime::stats() const noexcept {
+  auto s = impl_->sched.stats();
+  return {s.queue_depth, s.in_flight, s.queued_tokens, s.in_flight_tokens};
+}
+
+cache_view runtime::cache_stats() const noexcept {
+  auto s = impl_->cache.stats();
+  return {s.entries, s.bytes, s.max_bytes, s.max_entries, s.hits, s.misses, s.evictions, s.expirations};
+}
+
+pressure_view runtime::pressure() {
+  auto d = impl_->pressure_decision();
+  pressure_view v;
+  v.queue = d.queue_pressure;
+  v.memory = d.memory_pressure;
+  v.cpu = d.cpu_pressure;
+  v.shed = d.shed;
+  if (impl_->sampler) {
+    auto const& s = impl_->sampler->last();
+    v.sources = s.sources;
+    v.cgroup = s.cgroup;
+    v.process_rss_mib = s.process_rss_mib;
+    v.cgroup_current_mib = s.cgroup_current_mib;
+    v.cgroup_limit_mib = s.cgroup_limit_mib;
+    v.memory_psi_some_avg10 = s.memory_psi_some_avg10;
+    v.memory_psi_full_avg10 = s.memory_psi_full_avg10;
+    v.cpu_throttled_ratio = s.cpu_throttled_ratio;
+    v.cpu_psi_some_avg10 = s.cpu_psi_some_avg10;
+    v.cpu_psi_full_avg10 = s.cpu_psi_full_avg10;
+  }
+  return v;
+}
+
+asio::awaitable<result<infer_result>> runtime::infer(infer_request req) {
+  auto& im = *impl_;
+  auto const arrived = im.clock.now();
+  auto fail = [&im](ray::error err) -> result<infer_result> {
+    im.reject(err);
     return err;
   };
+  im.refresh_limits();
 
+  // Template.
+  std::string template_family;
+  std::optional<config::lane> template_lane;
   std::optional<std::uint32_t> template_default;
   if (req.template_id) {
     auto r = prompt::render_template(cfg_, *req.template_id, req.template_variables);
-    if (!r) co_return r.error();
+    if (!r) co_return fail(r.error());
     req.input = std::move(r->input);
     req.system = std::move(r->system);
+    template_family = r->family;
+    template_lane = r->lane;
     template_default = r->default_max_tokens;
     if (!req.response_format && r->response_format) req.response_format = r->response_format;
   }
 
+  infer_result base;
+  base.model = cfg_.model.id;
+  auto& deg = base.degradation;
+  auto const& dcfg = cfg_.graceful_degradation;
+
+  // Prompt-length degradation (native routes), then the prompt compiler.
+  if (dcfg.enabled) {
+    std::size_t before = count_code_points(req.system) + count_code_points(req.input);
+    if (prompt::truncate_prompt(req.system, req.input, dcfg.max_prompt_chars)) {
+      deg.reasons.emplace_back("prompt_length");
+      deg.prompt_chars_before = before;
+      deg.prompt_chars_after = count_code_points(req.system) + count_code_points(req.input);
+    }
+  }
+  auto compiled = prompt::compile(cfg_.prompt_compiler, std::move(req.system), std::move(req.input),
+                                  template_family, req.metadata);
+  base.prompt = {compiled.family_key, compiled.chars_before, compiled.chars_after};
+  if (compiled.chars_before > compiled.chars_after)
+    im.chars_saved.inc(compiled.chars_before - compiled.chars_after);
+  base.prompt_chars = compiled.chars_after;
+
   // Context check: the prompt must fit; an explicit maxTokens must fit; a defaulted one is clamped.
   std::uint32_t const context = context_window();
   std::uint32_t const prompt_tokens =
-      static_cast<std::uint32_t>(estimate_tokens(req.system) + estimate_tokens(req.input));
+      static_cast<std::uint32_t>(estimate_tokens(compiled.system) + estimate_tokens(compiled.input));
   bool const defaulted = !req.max_tokens.has_value();
-  std::uint32_t requested = req.max_tokens.value_or(template_default.value_or(cfg_.model.max_output_tokens));
-  requested = std::clamp<std::uint32_t>(requested, 1, cfg_.model.max_output_tokens);
+  std::uint32_t const requested = std::clamp<std::uint32_t>(
+      req.max_tokens.value_or(template_default.value_or(cfg_.model.max_output_tokens)), 1,
+      cfg_.model.max_output_tokens);
   std::uint32_t max_tokens = requested;
   auto context_error = [&](std::uint32_t mt) {
     ray::error err{errc::request_context_window_exceeded,
@@ -82,89 +523,150 @@ boost::asio::awaitable<result<infer_result>> runtime::infer(infer_request req) {
     err.details["contextWindow"] = context;
     return err;
   };
-  if (prompt_tokens >= context) co_return reject(context_error(max_tokens));
+  if (prompt_tokens >= context) co_return fail(context_error(max_tokens));
   if (prompt_tokens + max_tokens > context) {
-    if (!defaulted) co_return reject(context_error(max_tokens));
+    if (!defaulted) co_return fail(context_error(max_tokens));
     max_tokens = context - prompt_tokens;
   }
 
-  // Token budget: a request that can never fit the in-flight or queued budget is refused outright.
+  // Pressure and queue degradation: clamp, or refuse JSON (a cut JSON is invalid), or shed.
+  bool const json_mode = req.response_format && *req.response_format == "json_object";
+  auto decision = im.pressure_decision();
+  if (decision.clamp_to) {
+    if (json_mode) {
+      ray::error err{errc::overloaded,
+                     "the gateway is under pressure and does not cut JSON-mode answers short; retry "
+                     "after the Retry-After delay"};
+      err.retry_after_ms = im.sched.retry_after_ms(im.sched.stats().queue_depth);
+      co_return fail(err);
+    }
+    for (auto r : decision.reasons)
+      deg.reasons.emplace_back(r);
+    max_tokens = std::min(max_tokens, *decision.clamp_to);
+  }
+  deg.applied = !deg.reasons.empty();
+  deg.requested_max_tokens = requested;
+  deg.applied_max_tokens = max_tokens;
+  for (auto const& r : deg.reasons)
+    im.degradations.with({r}).inc();
+
+  // Cache.
+  bool const cacheable = cfg_.cache.enabled && req.cache;
+  std::optional<cache::cache_key> key;
+  if (cacheable || req.dedupe_key) {
+    cache::request_key_fields f;
+    f.route = "infer";
+    f.model_id = cfg_.model.id;
+    f.backend_identity = im.desc.identity;
+    f.system = compiled.system;
+    f.input = compiled.input;
+    f.metadata = &req.metadata;
+    f.seed = req.seed;
+    f.stop = req.stop;
+    if (req.response_format) f.response_format = *req.response_format;
+    f.max_tokens = requested;
+    f.temperature = req.temperature;
+    f.top_p = req.top_p;
+    key = cache::request_key(f, cfg_.cache.key_strategy == config::cache_key_strategy::input
+                                    ? cache::key_strategy::input
+                                    : cache::key_strategy::input_params);
+  }
+  if (cacheable && key) {
+    if (auto const* hit = im.cache.get(*key)) {
+      im.cache_hits.inc();
+      infer_result r = base;
+      r.output = hit->output;
+      r.finish_reason = hit->finish_reason;
+      r.prompt_tokens = hit->prompt_tokens;
+      r.completion_tokens = hit->completion_tokens;
+      r.completion_chars = hit->completion_chars;
+      r.provider = hit->provider;
+      r.cached = true;
+      r.latency_ms = ms_between(arrived, im.clock.now());
+      co_return r;
+    }
+    im.cache_misses.inc();
+  }
+
+  // Budget first (a request that can never fit is 413 whether or not an identical one runs).
   std::uint64_t const cost = std::uint64_t{prompt_tokens} + max_tokens;
-  std::uint64_t const budget = std::min(cfg_.scheduler.max_inflight_tokens, cfg_.scheduler.max_queued_tokens);
-  if (cost > budget) {
+  auto const& lim = im.sched.current_limits();
+  if (cost > lim.max_inflight_tokens || cost > lim.max_queued_tokens) {
+    std::uint64_t budget = std::min(lim.max_inflight_tokens, lim.max_queued_tokens);
     ray::error err{errc::request_token_budget_exceeded, "the request needs ~" + std::to_string(cost) +
                                                             " tokens (prompt + maxTokens); the budget is " +
                                                             std::to_string(budget) +
                                                             "; shorten the input or lower maxTokens"};
     err.details["requestTokens"] = cost;
     err.details["budgetTokens"] = budget;
-    co_return reject(std::move(err));
+    co_return fail(err);
   }
 
-  backend::generation_request gen;
-  gen.system = req.system;
-  gen.prompt = req.input;
-  gen.max_tokens = max_tokens;
-  gen.temperature = req.temperature;
-  gen.top_p = req.top_p;
-  gen.seed = req.seed;
-  gen.stop = req.stop;
-  gen.json_mode = req.response_format && *req.response_format == "json_object";
-
-  ++stats_.in_flight;
-  stats_.in_flight_tokens += cost;
-  auto const dispatched = clock_.now();
-  boost::asio::steady_timer deadline(ex_);
-  auto const total = std::chrono::milliseconds(cfg_.scheduler.request_timeout_ms);
-  deadline.expires_after(total - std::chrono::duration_cast<std::chrono::milliseconds>(dispatched - arrived));
-
-  struct guard {
-    runtime_stats& s;
-    std::uint64_t cost;
-    ~guard() {
-      --s.in_flight;
-      s.in_flight_tokens -= cost;
+  // Single-flight.
+  std::string flight_key;
+  if (cfg_.scheduler.dedupe_inflight && (req.dedupe_key || cacheable) && key) {
+    flight_key = req.dedupe_key ? "k:" + *req.dedupe_key : "c:" + key->hex();
+    if (deg.applied) flight_key += ":d" + std::to_string(max_tokens);
+  }
+  std::shared_ptr<flight> f;
+  bool joined = false;
+  if (!flight_key.empty()) {
+    if (auto it = im.joinable.find(flight_key); it != im.joinable.end() && !it->second->finished) {
+      f = it->second;
+      joined = true;
+      im.dedupe_joins.inc();
     }
-  } g{stats_, cost};
+  }
+  if (!f) {
+    if (decision.shed) {
+      ray::error err{errc::overloaded,
+                     "memory pressure is severe (PSI full avg10 over "
+                     "gracefulDegradation.shedAtMemoryPsiFullAvg10); new work is refused"};
+      err.retry_after_ms = im.sched.retry_after_ms(im.sched.stats().queue_depth);
+      co_return fail(err);
+    }
+    f = std::make_shared<flight>(im.ex);
+    f->id = im.next_id++;
+    f->key = flight_key;
+    f->arrived = arrived;
+    f->cost = cost;
+    f->lane =
+        scheduler::classify_lane(json_mode, max_tokens, template_lane, cfg_.scheduler.short_job_max_tokens);
+    f->gen.system = compiled.system;
+    f->gen.prompt = compiled.input;
+    f->gen.max_tokens = max_tokens;
+    f->gen.temperature = req.temperature;
+    f->gen.top_p = req.top_p;
+    f->gen.seed = req.seed;
+    f->gen.stop = req.stop;
+    f->gen.json_mode = json_mode;
+    f->gen.affinity_key = compiled.affinity_key;
+    if (cacheable) f->cache_key = key;
+    f->base = std::move(base);
+    if (!flight_key.empty()) im.joinable.emplace(flight_key, f);
+    asio::co_spawn(im.ex, im.run_flight(f), asio::bind_cancellation_slot(f->cancel.slot(), asio::detached));
+  }
 
-  std::variant<result<backend::generation_result>, std::tuple<boost::system::error_code>> outcome;
-  try {
-    outcome = co_await (backend_.generate(std::move(gen), nullptr) || deadline.async_wait(use_tuple));
-  } catch (...) {
-    backend_cancelled_.inc();
-    throw;
+  // Wait as one of the flight's waiters.
+  ++f->waiters;
+  if (!f->finished) co_await f->done.async_wait(use_tuple);
+  --f->waiters;
+  if (!f->finished) {
+    // This waiter left (its client went away). The last one out cancels the shared call.
+    if (f->waiters == 0) {
+      f->abandoned = true;
+      f->cancel.emit(asio::cancellation_type::terminal);
+    }
+    co_return ray::error{errc::provider_request_failed, "the client left"};
   }
-  if (outcome.index() == 1) {
-    backend_cancelled_.inc();
-    ray::error err{errc::request_timeout, "the request did not complete within scheduler.requestTimeoutMs (" +
-                                              std::to_string(cfg_.scheduler.request_timeout_ms) + " ms)"};
-    co_return reject(std::move(err));
+  if (!*f->outcome) co_return f->outcome->error();
+  infer_result r = **f->outcome;
+  if (joined) {
+    r.deduplicated = true;
+    // A joiner reports its own degradation and prompt view.
   }
-  auto& gen_result = std::get<0>(outcome);
-  if (!gen_result) {
-    backend_error_.inc();
-    co_return gen_result.error();
-  }
-  backend_ok_.inc();
-  ttft_.observe(gen_result->ttft_ms / 1000.0);
-
-  infer_result out;
-  out.model = cfg_.model.id;
-  out.prompt_chars = count_code_points(req.system) + count_code_points(req.input);
-  out.completion_chars = count_code_points(gen_result->text);  // before the text moves below
-  out.prompt_tokens = gen_result->prompt_tokens;
-  out.completion_tokens = gen_result->completion_tokens;
-  out.finish_reason = gen_result->finish_reason;
-  out.output = std::move(gen_result->text);
-  out.queue_ms = ms_between(arrived, dispatched);
-  out.latency_ms = ms_between(arrived, clock_.now());
-  out.degradation.requested_max_tokens = requested;
-  out.degradation.applied_max_tokens = max_tokens;
-  out.prompt.chars_before = out.prompt_chars;
-  out.prompt.chars_after = out.prompt_chars;
-  out.prompt.family_key = req.template_id ? *req.template_id : std::string("default");
-  out.provider = std::move(*gen_result);
-  co_return out;
+  r.latency_ms = ms_between(arrived, im.clock.now());
+  co_return r;
 }
 
 }  // namespace ray::runtime

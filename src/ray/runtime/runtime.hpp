@@ -1,12 +1,14 @@
-// ray::runtime — the request pipeline between the API handlers and the backend.
+// ray::runtime — the request pipeline between the API handlers and the backend (serving-core.md):
 //
-// Today (foundation): template rendering, token estimate, context check with the defaulted-max clamp, the
-// token-budget check, the total deadline (request_timeout) and the backend call; every stage is counted.
-// The serving core (admission queue, lanes, single-flight, result cache, prompt compiler, degradation) slots
-// in between the context check and the backend call without changing this interface.
+//   template render → [native] prompt-length degradation → prompt compiler → token estimate → context check
+//   and defaulted-max clamp → pressure/queue degradation (or shedding) → cache lookup → single-flight join →
+//   admission → queue → dispatch (always streamed) → usage/timings → cache store → respond.
 //
-// Threading: confined to the io_context's executor it was made with (one thread by default). Cancellation: a
-// cancelled infer() (client gone) cancels the backend call.
+// Every request becomes a waiter on a *flight*: the flight runs in its own coroutine (admission, queue wait,
+// backend call) so identical requests can join it; the backend call is cancelled only when the last waiter
+// leaves. Threading: confined to the executor it was made with (one io_context thread by default).
+// Cancellation: cancelling infer() (the client left) removes the waiter; the last waiter's departure cancels
+// the flight in every phase.
 #pragma once
 
 #include "ray/backend/backend.hpp"
@@ -24,6 +26,10 @@
 #include <optional>
 #include <string>
 #include <vector>
+
+namespace ray::system {
+class sampler;
+}
 
 namespace ray::runtime {
 
@@ -49,6 +55,8 @@ struct degradation_report {
   std::vector<std::string> reasons{};
   std::uint32_t requested_max_tokens{0};
   std::uint32_t applied_max_tokens{0};
+  std::size_t prompt_chars_before{0};  // when prompt_length applied
+  std::size_t prompt_chars_after{0};
 };
 
 struct prompt_report {
@@ -71,7 +79,7 @@ struct infer_result {
   double latency_ms{0};
   degradation_report degradation{};
   prompt_report prompt{};
-  backend::generation_result provider{};
+  backend::generation_result provider{};  // text moved into `output`
 };
 
 struct runtime_stats {
@@ -81,15 +89,47 @@ struct runtime_stats {
   std::uint64_t in_flight_tokens{0};
 };
 
+struct cache_view {
+  std::size_t entries{0};
+  std::uint64_t bytes{0}, max_bytes{0};
+  std::uint32_t max_entries{0};
+  std::uint64_t hits{0}, misses{0}, evictions{0}, expirations{0};
+};
+
+// The pressure picture /readyz and /health show.
+struct pressure_view {
+  bool queue{false};
+  bool memory{false};
+  bool cpu{false};
+  bool shed{false};
+  std::vector<std::string> sources{};
+  std::string cgroup{};
+  std::optional<double> process_rss_mib{}, cgroup_current_mib{}, cgroup_limit_mib{};
+  std::optional<double> memory_psi_some_avg10{}, memory_psi_full_avg10{};
+  std::optional<double> cpu_throttled_ratio{}, cpu_psi_some_avg10{}, cpu_psi_full_avg10{};
+};
+
 class runtime {
  public:
+  // `sampler` may be null (no pressure signals); it must outlive the runtime. `clock` drives deadlines'
+  // bookkeeping and the scheduler (timers themselves use the real steady clock).
   runtime(boost::asio::any_io_executor ex, config::config const& cfg, backend::backend& be,
-          telemetry::registry& metrics, ray::clock const& clock = ray::system_clock());
+          telemetry::registry& metrics, telemetry::logger& log, system::sampler* sampler = nullptr,
+          ray::clock const& clock = ray::system_clock());
+  ~runtime();
+  runtime(runtime const&) = delete;
+  runtime& operator=(runtime const&) = delete;
 
-  // Runs one native inference. Errors are values (context, budget, deadline, backend).
+  // Runs one native inference. Errors are values (template, context, budget, queue, pressure, deadline,
+  // backend).
   boost::asio::awaitable<result<infer_result>> infer(infer_request req);
 
-  runtime_stats stats() const noexcept { return stats_; }
+  // Counts a rejection decided outside the runtime (HTTP framing, decoding) in ray_rejections_total{reason}.
+  void count_rejection(errc code);
+
+  runtime_stats stats() const noexcept;
+  cache_view cache_stats() const noexcept;
+  pressure_view pressure();
   backend::backend& backend_ref() noexcept { return backend_; }
   config::config const& cfg() const noexcept { return cfg_; }
 
@@ -97,16 +137,10 @@ class runtime {
   std::uint32_t context_window() const;
 
  private:
-  boost::asio::any_io_executor ex_;
+  struct impl;
+  std::unique_ptr<impl> impl_;
   config::config const& cfg_;
   backend::backend& backend_;
-  ray::clock const& clock_;
-  runtime_stats stats_{};
-  telemetry::counter backend_ok_;
-  telemetry::counter backend_error_;
-  telemetry::counter backend_cancelled_;
-  telemetry::counter_family rejections_;
-  telemetry::histogram ttft_;
 };
 
 }  // namespace ray::runtime

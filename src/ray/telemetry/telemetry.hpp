@@ -15,3 +15,16 @@
 
 #include "ray/telemetry/logger.hpp"
 #include "ray/telemetry/metrics.hpp"
+
+#include <boost/json/value.hpp>
+
+#include <string>
+
+namespace ray::telemetry {
+
+// Compact JSON text of `v` as every response and log line writes it: integral doubles as integers, other
+// doubles in the shortest round-trip form (never "1E2"-style exponents for ordinary values), NaN/±inf as
+// null, ill-formed UTF-8 replaced by U+FFFD.
+std::string to_json(boost::json::value const& v);
+
+}  // namespace ray::telemetry

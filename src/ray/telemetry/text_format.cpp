@@ -1,4 +1,5 @@
 #include "ray/telemetry/text_format.hpp"
+#include "ray/telemetry/telemetry.hpp"
 
 #include <boost/json/array.hpp>
 #include <boost/json/object.hpp>
@@ -236,3 +237,14 @@ void append_help(std::string& out, std::string_view s) {
 }
 
 }  // namespace ray::telemetry::text
+
+namespace ray::telemetry {
+
+std::string to_json(boost::json::value const& v) {
+  std::string out;
+  out.reserve(256);
+  text::append_json_value(out, v);
+  return out;
+}
+
+}  // namespace ray::telemetry

@@ -1,0 +1,495 @@
+// llama-server and OpenAI-compatible backends: one adapter, two dialects (health endpoint, /props, extras).
+#include "ray/backend/backend.hpp"
+#include "ray/http/client.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+#include <boost/url/parse.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <unordered_map>
+
+namespace ray::backend {
+
+namespace {
+
+namespace json = boost::json;
+namespace asio = boost::asio;
+using steady = std::chrono::steady_clock;
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+struct base_url {
+  std::string host{"127.0.0.1"};
+  std::uint16_t port{80};
+  std::string prefix{};  // path prefix without trailing slash
+};
+
+base_url parse_base(std::string const& url) {
+  base_url out;
+  auto u = boost::urls::parse_uri(url);
+  if (!u) return out;
+  out.host = std::string(u->host_address());
+  if (!out.host.empty() && out.host.front() == '[') out.host = out.host.substr(1, out.host.size() - 2);
+  out.port = u->has_port() ? u->port_number() : (u->scheme() == "https" ? 443 : 80);
+  out.prefix = std::string(u->encoded_path());
+  while (!out.prefix.empty() && out.prefix.back() == '/')
+    out.prefix.pop_back();
+  return out;
+}
+
+std::string excerpt(std::string_view body, std::size_t n = 240) {
+  std::string s(body.substr(0, utf8_safe_prefix(body, n)));
+  for (char& c : s)
+    if (c == '\n' || c == '\r') c = ' ';
+  return s;
+}
+
+json::value const* find_path(json::value const& v, std::initializer_list<std::string_view> path) {
+  json::value const* cur = &v;
+  for (auto key : path) {
+    if (!cur->is_object()) return nullptr;
+    auto it = cur->get_object().find(key);
+    if (it == cur->get_object().end()) return nullptr;
+    cur = &it->value();
+  }
+  return cur;
+}
+
+std::optional<double> number_at(json::value const& v, std::initializer_list<std::string_view> path) {
+  auto p = find_path(v, path);
+  if (!p) return std::nullopt;
+  if (p->is_double()) return p->get_double();
+  if (p->is_int64()) return static_cast<double>(p->get_int64());
+  if (p->is_uint64()) return static_cast<double>(p->get_uint64());
+  return std::nullopt;
+}
+
+std::string string_at(json::value const& v, std::initializer_list<std::string_view> path) {
+  auto p = find_path(v, path);
+  return p && p->is_string() ? std::string(p->get_string()) : std::string();
+}
+
+class remote_backend final : public backend {
+ public:
+  remote_backend(asio::any_io_executor ex, config::config const& cfg, telemetry::logger& log)
+      : ex_(ex),
+        cfg_(cfg),
+        log_(log),
+        llama_(cfg.model.adapter.kind == config::adapter_kind::llama_cpp),
+        base_(parse_base(cfg.model.adapter.base_url)),
+        client_(ex, base_.host, base_.port),
+        wake_(ex) {
+    auto const& a = cfg.model.adapter;
+    desc_.model_id = cfg.model.id;
+    desc_.kind = std::string(config::adapter_kind_name(a.kind));
+    desc_.context_per_request = cfg.model.context_window;
+    desc_.slots = cfg.scheduler.concurrency;
+    if (a.launch) {
+      desc_.slots = a.launch->parallel;
+      desc_.kv_pool = a.launch->ctx_size;
+      desc_.context_per_request = a.launch->enable_unified_kv
+                                      ? a.launch->ctx_size
+                                      : a.launch->ctx_size / std::max(1u, a.launch->parallel);
+    } else {
+      desc_.kv_pool = desc_.context_per_request * desc_.slots;
+    }
+    busy_.assign(desc_.slots, false);
+    if (a.api_key_env) {
+      if (char const* key = std::getenv(a.api_key_env->c_str()); key && *key)
+        auth_header_ = std::string("Bearer ") + key;
+    }
+  }
+
+  state current_state() const noexcept override { return state_; }
+  description describe() const override { return desc_; }
+  details current_details() const override {
+    details d = details_;
+    d.slots_busy = static_cast<std::uint32_t>(std::count(busy_.begin(), busy_.end(), true));
+    return d;
+  }
+  void set_warmup(warmup_fn fn) override { warmup_ = std::move(fn); }
+  void on_restart(std::function<void()> fn) override { on_restart_ = std::move(fn); }
+  std::uint64_t requests_total() const noexcept override { return requests_; }
+
+  void start() override {
+    if (started_) return;
+    started_ = true;
+    asio::co_spawn(ex_, health_loop(), asio::detached);
+  }
+  void stop() override {
+    stopped_ = true;
+    wake_.cancel();
+  }
+
+  asio::awaitable<result<generation_result>> generate(generation_request req, token_sink* sink) override;
+
+ private:
+  std::string path(std::string_view p) const { return base_.prefix + std::string(p); }
+
+  std::vector<std::pair<std::string, std::string>> request_headers() const {
+    std::vector<std::pair<std::string, std::string>> h;
+    for (auto const& [k, v] : cfg_.model.adapter.headers)
+      h.emplace_back(k, v);
+    if (!auth_header_.empty()) h.emplace_back("authorization", auth_header_);
+    return h;
+  }
+
+  void set_state(state s, std::string_view reason) {
+    if (s == state_) return;
+    boost::json::object f{{"from", state_name(state_)}, {"to", state_name(s)}, {"reason", reason}};
+    if (s == state::unreachable || s == state::failed || s == state::misconfigured) {
+      details_.last_error = std::string(reason);
+      log_.warn("provider state changed", std::move(f));
+    } else {
+      log_.info("provider state changed", std::move(f));
+    }
+    state_ = s;
+  }
+
+  void probe_now() { wake_.cancel(); }
+
+  // Slot choice: the affinity key's slot when free; else a free slot no other key owns; else any free slot.
+  int pick_slot(std::uint64_t key) {
+    if (cfg_.model.adapter.slot_id) return *cfg_.model.adapter.slot_id;
+    int const n = static_cast<int>(busy_.size());
+    if (key != 0) {
+      if (auto it = affinity_.find(key); it != affinity_.end() && it->second < n && !busy_[it->second])
+        return it->second;
+    }
+    int unowned = -1, any = -1;
+    for (int i = 0; i < n; ++i) {
+      if (busy_[i]) continue;
+      if (any < 0) any = i;
+      bool owned = false;
+      for (auto const& [k, s] : affinity_)
+        owned = owned || (s == i && k != key);
+      if (!owned && unowned < 0) unowned = i;
+    }
+    int chosen = unowned >= 0 ? unowned : any;
+    if (chosen >= 0 && key != 0) {
+      if (affinity_.size() > 4096) affinity_.clear();
+      affinity_[key] = chosen;
+    }
+    return chosen;
+  }
+
+  ray::error unavailable_error() const {
+    ray::error err{errc::provider_unavailable, ""};
+    if (state_ == state::loading && load_started_) {
+      double so_far = std::chrono::duration<double>(steady::now() - *load_started_).count();
+      err.message = "model is loading, " + std::to_string(std::lround(so_far)) + " s so far";
+      if (details_.load_ms) {
+        err.message += ", last load took " + std::to_string(std::lround(*details_.load_ms / 1000.0)) + " s";
+        err.retry_after_ms = std::max(1000.0, *details_.load_ms - so_far * 1000.0);
+      }
+    } else {
+      err.message = "the backend is " + std::string(state_name(state_)) + "; retry shortly";
+    }
+    return err;
+  }
+
+  asio::awaitable<void> health_loop();
+  asio::awaitable<bool> probe_once();
+  asio::awaitable<bool> read_props();
+  ray::error map_status(unsigned status, std::string const& body);
+
+  asio::any_io_executor ex_;
+  config::config const& cfg_;
+  telemetry::logger& log_;
+  bool llama_;
+  base_url base_;
+  http::client client_;
+  asio::steady_timer wake_;
+  state state_{state::unknown};
+  description desc_{};
+  details details_{};
+  std::string identity_{};
+  std::string auth_header_{};
+  std::vector<bool> busy_{};
+  std::unordered_map<std::uint64_t, int> affinity_{};
+  warmup_fn warmup_{};
+  std::function<void()> on_restart_{};
+  std::optional<steady::time_point> load_started_{};
+  std::uint64_t requests_{0};
+  bool started_{false};
+  bool stopped_{false};
+  bool ever_ready_{false};
+  bool last_refused_{false};
+  bool warmup_failed_{false};
+  std::uint32_t warmup_backoff_ms_{0};
+};
+
+asio::awaitable<bool> remote_backend::read_props() {
+  auto r = co_await client_.send({http::verb::get,
+                                  path("/props"),
+                                  {},
+                                  request_headers(),
+                                  std::chrono::milliseconds(cfg_.model.adapter.health_timeout_ms)});
+  if (!r || r->status != 200) co_return false;
+  boost::system::error_code ec;
+  auto v = json::parse(r->body, ec);
+  if (ec) co_return false;
+  auto n_ctx = number_at(v, {"default_generation_settings", "n_ctx"});
+  auto slots = number_at(v, {"total_slots"});
+  std::string build = string_at(v, {"build_info"});
+  std::string model_path = string_at(v, {"model_path"});
+  std::string identity = build + "|" + model_path;
+  bool restarted = (!identity_.empty() && identity != identity_) || (ever_ready_ && last_refused_);
+  if (restarted) {
+    ++details_.restarts;
+    details_.last_restart_at = format_timestamp(std::chrono::system_clock::now());
+    log_.warn("provider restart detected",
+              {{"build", build},
+               {"modelPath", model_path},
+               {"restarts", details_.restarts},
+               {"reason", identity != identity_ && !identity_.empty() ? "new build_info or model_path"
+                                                                      : "refused then answering"}});
+    affinity_.clear();
+    if (on_restart_) on_restart_();
+  }
+  identity_ = identity;
+  desc_.identity = identity;
+  details_.build = build;
+  details_.model_path = model_path;
+  if (n_ctx && *n_ctx > 0) {
+    desc_.context_per_request = static_cast<std::uint32_t>(*n_ctx);
+    details_.n_ctx = desc_.context_per_request;
+  }
+  if (slots && *slots > 0) {
+    desc_.slots = static_cast<std::uint32_t>(*slots);
+    details_.total_slots = desc_.slots;
+    if (busy_.size() != desc_.slots) busy_.assign(desc_.slots, false);
+  }
+  if (!cfg_.model.adapter.launch) desc_.kv_pool = desc_.context_per_request * desc_.slots;
+  co_return restarted;
+}
+
+asio::awaitable<bool> remote_backend::probe_once() {
+  auto const& a = cfg_.model.adapter;
+  auto const t0 = steady::now();
+  auto r = co_await client_.send({http::verb::get,
+                                  path(llama_ ? "/health" : "/v1/models"),
+                                  {},
+                                  request_headers(),
+                                  std::chrono::milliseconds(a.health_timeout_ms)});
+  details_.probe_latency_ms = std::chrono::duration<double, std::milli>(steady::now() - t0).count();
+  details_.checked_at = format_timestamp(std::chrono::system_clock::now());
+  if (!r) {
+    client_.reset_pool();
+    last_refused_ = true;
+    set_state(state::unreachable, r.error().message);
+    co_return false;
+  }
+  if (r->status == 503) {
+    if (!load_started_) load_started_ = steady::now();
+    set_state(state::loading, "backend answers 503 while loading the model");
+    co_return false;
+  }
+  if (r->status == 401 || r->status == 403) {
+    set_state(state::misconfigured, "backend rejects Ray's credentials (" + std::to_string(r->status) + ")");
+    co_return false;
+  }
+  if (r->status != 200) {
+    set_state(state::unreachable,
+              "health answered " + std::to_string(r->status) + ": " + excerpt(r->body, 120));
+    co_return false;
+  }
+  bool restarted = false;
+  if (llama_) restarted = co_await read_props();
+  if (restarted && is_serving(state_)) set_state(state::warming, "backend restarted");
+  last_refused_ = false;
+  if (is_serving(state_)) co_return true;
+
+  if (load_started_ && !details_.load_ms) {
+    details_.load_ms = std::chrono::duration<double, std::milli>(steady::now() - *load_started_).count();
+  }
+  load_started_.reset();
+  bool const do_warm = cfg_.model.warm_on_boot || !cfg_.model.adapter.warmup_requests.empty();
+  set_state(state::warming, "backend answering");
+  bool ok = true;
+  if (do_warm && warmup_) ok = co_await warmup_();
+  if (!ok) {
+    if (!warmup_failed_) log_.warn("provider warmup failed after gateway start", {{"backend", desc_.kind}});
+    warmup_failed_ = true;
+    warmup_backoff_ms_ = std::min<std::uint32_t>(warmup_backoff_ms_ ? warmup_backoff_ms_ * 2 : 1000, 15'000);
+    co_return false;
+  }
+  if (warmup_failed_) log_.info("provider warmup recovered", {{"backend", desc_.kind}});
+  warmup_failed_ = false;
+  warmup_backoff_ms_ = 0;
+  ever_ready_ = true;
+  set_state(state::ready, "backend answering and warm");
+  co_return true;
+}
+
+asio::awaitable<void> remote_backend::health_loop() {
+  while (!stopped_) {
+    co_await probe_once();
+    if (stopped_) break;
+    std::uint32_t wait = warmup_backoff_ms_ ? warmup_backoff_ms_ : cfg_.model.adapter.health_interval_ms;
+    wake_.expires_after(std::chrono::milliseconds(wait));
+    co_await wake_.async_wait(use_tuple);
+  }
+}
+
+ray::error remote_backend::map_status(unsigned status, std::string const& body) {
+  boost::system::error_code ec;
+  auto v = json::parse(body, ec);
+  if (!ec && status == 400 && string_at(v, {"error", "type"}) == "exceed_context_size_error") {
+    auto n_prompt = number_at(v, {"error", "n_prompt_tokens"}).value_or(0);
+    auto n_ctx = number_at(v, {"error", "n_ctx"}).value_or(desc_.context_per_request);
+    ray::error err{errc::request_context_window_exceeded,
+                   "the prompt (" + std::to_string(std::lround(n_prompt)) +
+                       " tokens by the backend's tokenizer) exceeds the context window of " +
+                       std::to_string(std::lround(n_ctx)) + " tokens; shorten the input"};
+    err.details["promptTokens"] = static_cast<std::int64_t>(n_prompt);
+    err.details["contextWindow"] = static_cast<std::int64_t>(n_ctx);
+    err.details["source"] = "backend";
+    return err;
+  }
+  if (status == 401 || status == 403) {
+    set_state(state::misconfigured, "backend rejects Ray's credentials (" + std::to_string(status) + ")");
+    return {errc::provider_upstream_error, "the backend rejected Ray's credentials (" +
+                                               std::to_string(status) +
+                                               "); the operator must check model.adapter.apiKeyEnv"};
+  }
+  if (status == 503) {
+    probe_now();
+    return {errc::provider_unavailable, "the backend is unavailable (503); retry shortly"};
+  }
+  return {errc::provider_upstream_error,
+          "the backend answered " + std::to_string(status) + ": " + excerpt(body)};
+}
+
+asio::awaitable<result<generation_result>> remote_backend::generate(generation_request req,
+                                                                    token_sink* sink) {
+  if (!is_serving(state_) && state_ != state::warming) co_return unavailable_error();
+  auto const& a = cfg_.model.adapter;
+  int const slot = llama_ ? pick_slot(req.affinity_key) : -1;
+  struct slot_guard {
+    std::vector<bool>& busy;
+    int slot;
+    ~slot_guard() {
+      if (slot >= 0 && slot < static_cast<int>(busy.size())) busy[slot] = false;
+    }
+  } guard{busy_, slot};
+  if (slot >= 0 && slot < static_cast<int>(busy_.size())) busy_[slot] = true;
+
+  json::object body;
+  body["model"] = a.model_ref.empty() ? cfg_.model.id : a.model_ref;
+  json::array messages;
+  if (!req.system.empty()) messages.push_back(json::object{{"role", "system"}, {"content", req.system}});
+  messages.push_back(json::object{{"role", "user"}, {"content", req.prompt}});
+  body["messages"] = std::move(messages);
+  body["max_tokens"] = req.max_tokens;
+  body["stream"] = true;
+  body["stream_options"] = json::object{{"include_usage", true}};
+  if (req.temperature) body["temperature"] = *req.temperature;
+  if (req.top_p) body["top_p"] = *req.top_p;
+  if (req.seed) body["seed"] = *req.seed;
+  if (!req.stop.empty()) {
+    json::array stop;
+    for (auto const& s : req.stop)
+      stop.emplace_back(s);
+    body["stop"] = std::move(stop);
+  }
+  if (req.json_mode) body["response_format"] = json::object{{"type", "json_object"}};
+  if (llama_) {
+    body["cache_prompt"] = a.cache_prompt;
+    body["id_slot"] = slot;
+  }
+
+  ++requests_;
+  auto const started = steady::now();
+  auto const timeout = std::chrono::milliseconds(a.timeout_ms);
+  auto stream = co_await client_.open(
+      {http::verb::post, path("/v1/chat/completions"), json::serialize(body), request_headers(), timeout});
+  if (!stream) {
+    if (stream.error().code == errc::provider_request_failed) probe_now();
+    co_return stream.error();
+  }
+  auto& s = **stream;
+  if (s.status() != 200) {
+    auto text = co_await s.read_all(timeout);
+    co_return map_status(s.status(), text ? *text : std::string());
+  }
+
+  generation_result out;
+  out.slot_id = slot >= 0 ? std::optional<std::int32_t>(slot) : std::nullopt;
+  bool saw_first = false;
+  bool done = false;
+  std::string finish;
+  for (;;) {
+    auto ev = co_await s.next_event(timeout);
+    if (!ev) {
+      if (ev.error().code == errc::provider_request_failed) probe_now();
+      co_return ev.error();
+    }
+    if (!*ev) break;
+    auto const& data = (*ev)->data;
+    if (data == "[DONE]") {
+      done = true;
+      break;
+    }
+    boost::system::error_code ec;
+    auto v = json::parse(data, ec);
+    if (ec || !v.is_object())
+      co_return ray::error{errc::provider_invalid_response, "the backend sent an event that is not JSON"};
+    if (auto e = find_path(v, {"error"})) {
+      co_return ray::error{errc::provider_upstream_error,
+                           "the backend failed mid-stream: " + excerpt(json::serialize(*e))};
+    }
+    if (auto choices = find_path(v, {"choices"});
+        choices && choices->is_array() && !choices->get_array().empty()) {
+      auto const& c0 = choices->get_array()[0];
+      if (auto content = find_path(c0, {"delta", "content"}); content && content->is_string()) {
+        auto piece = content->get_string();
+        if (!piece.empty()) {
+          if (!saw_first) {
+            out.ttft_ms = std::chrono::duration<double, std::milli>(steady::now() - started).count();
+            saw_first = true;
+          }
+          out.text.append(piece.data(), piece.size());
+          if (sink) sink->on_delta(std::string_view(piece.data(), piece.size()));
+        }
+      }
+      if (auto fr = find_path(c0, {"finish_reason"}); fr && fr->is_string())
+        finish = std::string(fr->get_string());
+    }
+    if (auto u = find_path(v, {"usage"}); u && u->is_object()) {
+      if (auto p = number_at(*u, {"prompt_tokens"})) out.prompt_tokens = static_cast<std::uint32_t>(*p);
+      if (auto c = number_at(*u, {"completion_tokens"}))
+        out.completion_tokens = static_cast<std::uint32_t>(*c);
+      if (auto cached = number_at(*u, {"prompt_tokens_details", "cached_tokens"}))
+        out.tokens_cached = static_cast<std::uint32_t>(*cached);
+    }
+    if (auto t = find_path(v, {"timings"}); t && t->is_object()) {
+      out.prompt_tokens_per_second = number_at(*t, {"prompt_per_second"}).value_or(0);
+      out.completion_tokens_per_second = number_at(*t, {"predicted_per_second"}).value_or(0);
+      if (auto n = number_at(*t, {"prompt_n"})) out.tokens_evaluated = static_cast<std::uint32_t>(*n);
+      if (auto n = number_at(*t, {"cache_n"})) out.tokens_cached = static_cast<std::uint32_t>(*n);
+    }
+  }
+  if (!done && finish.empty())
+    co_return ray::error{errc::provider_invalid_response, "the backend stream ended before it finished"};
+  out.finish_reason = finish.empty() ? "stop" : finish;
+  out.total_ms = std::chrono::duration<double, std::milli>(steady::now() - started).count();
+  if (!saw_first) out.ttft_ms = out.total_ms;
+  co_return out;
+}
+
+}  // namespace
+
+std::unique_ptr<backend> make_remote(asio::any_io_executor ex, config::config const& cfg,
+                                     telemetry::logger& log) {
+  return std::make_unique<remote_backend>(std::move(ex), cfg, log);
+}
+
+}  // namespace ray::backend
