@@ -40,6 +40,11 @@ int main(int argc, char** argv) {
   serve->add_option("--llama-server", llama_server, "llama-server binary to supervise");
   serve->add_flag("--allow-unauthenticated-public", flags.allow_unauthenticated_public,
                   "Allow a non-loopback bind with auth disabled");
+  std::string system_root = "/";
+  serve->add_option(
+      "--system-root", system_root,
+      "Directory holding proc/ and sys/fs/cgroup/ to read pressure signals from (default /; for "
+      "containers that mount the host's elsewhere, and for tests)");
 
   // config
   auto* cfg_cmd = app.add_subcommand("config", "Validate, explain or print configuration");
@@ -76,7 +81,7 @@ int main(int argc, char** argv) {
     if (!llama_server.empty()) flags.llama_server = llama_server;
     auto loaded = ray::config::load(config_file, ray::config::process_environment(), flags);
     if (!loaded) return config_error(loaded.error());
-    return ray::api::serve(std::move(*loaded));
+    return ray::api::serve(std::move(*loaded), {.system_root = system_root});
   }
   if (*validate) {
     auto loaded = ray::config::load(validate_file, ray::config::process_environment(), {});

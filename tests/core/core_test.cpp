@@ -32,7 +32,8 @@ TEST(Core, TokenEstimateIsBytesOverFourButAtLeastNonAsciiCodePoints) {
   EXPECT_EQ(ray::estimate_tokens("abcd"), 1u);
   EXPECT_EQ(ray::estimate_tokens("abcde"), 2u);
   // Six CJK characters: 18 bytes -> 5 by bytes, but 6 code points.
-  EXPECT_EQ(ray::estimate_tokens("\xe4\xbd\xa0\xe5\xa5\xbd\xe4\xbd\xa0\xe5\xa5\xbd\xe4\xbd\xa0\xe5\xa5\xbd"), 6u);
+  EXPECT_EQ(ray::estimate_tokens("\xe4\xbd\xa0\xe5\xa5\xbd\xe4\xbd\xa0\xe5\xa5\xbd\xe4\xbd\xa0\xe5\xa5\xbd"),
+            6u);
 }
 
 TEST(Core, CodePointsCountMultibyteSequencesOnce) {

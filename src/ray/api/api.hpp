@@ -31,6 +31,9 @@ std::string render_infer_response(runtime::infer_result const& r, std::string co
 
 // `ray serve`: checks, binds, serves until SIGTERM/SIGINT. Returns the process exit code
 // (0 clean shutdown, 1 runtime failure such as a port in use, 2 configuration refused).
-int serve(config::loaded_config loaded);
+struct serve_options {
+  std::string system_root{"/"};  // where proc/ and sys/fs/cgroup/ are read from
+};
+int serve(config::loaded_config loaded, serve_options opts = {});
 
 }  // namespace ray::api

@@ -371,14 +371,16 @@ boost::asio::awaitable<void> router::handle_infer(http::exchange& ex) {
     res = api::error_response(decoded.error());
     if (app_.rejections) app_.rejections->record(error_code, {{"route", route.label}});
   } else {
-    auto outcome = co_await (app_.rt.infer(std::move(*decoded)) || ex.client_gone());
-    if (outcome.index() == 1) {
+    // client_gone() first: it must be waiting before infer() can complete inline (see runtime.cpp on
+    // parallel_group), or its cancellation would be lost and this request would hang until the client left.
+    auto outcome = co_await (ex.client_gone() || app_.rt.infer(std::move(*decoded)));
+    if (outcome.index() == 0) {
       // The client left: the backend call was cancelled with it; nobody is there to answer.
       ex.close_after_response();
       record(route, 499, ex.received_at(), ex.request_id(), "client_closed_request");
       co_return;
     }
-    auto& r = std::get<0>(outcome);
+    auto& r = std::get<1>(outcome);
     if (!r) {
       error_code = code_name(r.error().code);
       res = api::error_response(r.error());

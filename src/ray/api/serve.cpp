@@ -100,8 +100,8 @@ boost::asio::awaitable<void> shutdown_sequence(app& a, http::server& srv, boost:
   ioc.stop();
 }
 
-boost::asio::awaitable<void> signal_loop(app& a, http::server& srv, boost::asio::io_context& ioc) {
-  boost::asio::signal_set signals(ioc, SIGINT, SIGTERM, SIGHUP);
+boost::asio::awaitable<void> signal_loop(app& a, http::server& srv, boost::asio::io_context& ioc,
+                                         boost::asio::signal_set& signals) {
   for (;;) {
     auto [ec, sig] = co_await signals.async_wait(use_tuple);
     if (ec) co_return;
@@ -129,7 +129,7 @@ boost::asio::awaitable<void> summary_ticker(app& a, boost::asio::io_context& ioc
 
 }  // namespace
 
-int serve(config::loaded_config loaded) {
+int serve(config::loaded_config loaded, serve_options opts) {
   // A client or log reader that goes away must not kill the process: writes report EPIPE instead.
   std::signal(SIGPIPE, SIG_IGN);
   auto const& cfg = loaded.cfg;
@@ -152,7 +152,9 @@ int serve(config::loaded_config loaded) {
   auto be = cfg.model.adapter.kind == config::adapter_kind::mock
                 ? backend::make_mock(ioc.get_executor(), cfg)
                 : backend::make_remote(ioc.get_executor(), cfg, log);
-  system::sampler sampler(system::sampler::options_for(cfg.graceful_degradation));
+  auto sampler_opts = system::sampler::options_for(cfg.graceful_degradation);
+  sampler_opts.root = opts.system_root;
+  system::sampler sampler(sampler_opts);
   runtime::runtime rt(ioc.get_executor(), cfg, *be, metrics, log, &sampler);
   app a{loaded, log, metrics, *be, rt};
   a.rejections = std::make_unique<telemetry::rejection_summarizer>(log);
@@ -167,6 +169,8 @@ int serve(config::loaded_config loaded) {
     std::fprintf(stderr, "ray: %s\n", ep.error().message.c_str());
     return 1;
   }
+  // Signals are caught from before the listening line on: a supervisor may stop us the moment we announce.
+  boost::asio::signal_set signals(ioc, SIGINT, SIGTERM, SIGHUP);
   srv.start();
   be->start();
   std::string host = ep->address().to_string();
@@ -181,7 +185,7 @@ int serve(config::loaded_config loaded) {
                                  {"largestPromptTokens", rt.context_window() - 1},
                                  {"threads", a.cfg().server.threads}});
 
-  boost::asio::co_spawn(ioc, signal_loop(a, srv, ioc), boost::asio::detached);
+  boost::asio::co_spawn(ioc, signal_loop(a, srv, ioc, signals), boost::asio::detached);
   boost::asio::co_spawn(ioc, summary_ticker(a, ioc), boost::asio::detached);
 
   std::vector<std::thread> extra;

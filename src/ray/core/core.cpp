@@ -10,38 +10,70 @@ namespace ray {
 
 std::string_view code_name(errc code) noexcept {
   switch (code) {
-    case errc::invalid_request: return "invalid_request";
-    case errc::invalid_json: return "invalid_json";
-    case errc::unauthorized: return "unauthorized";
-    case errc::not_found: return "not_found";
-    case errc::job_not_found: return "job_not_found";
-    case errc::model_not_found: return "model_not_found";
-    case errc::method_not_allowed: return "method_not_allowed";
-    case errc::request_read_timeout: return "request_read_timeout";
-    case errc::length_required: return "length_required";
-    case errc::body_too_large: return "body_too_large";
-    case errc::request_context_window_exceeded: return "request_context_window_exceeded";
-    case errc::request_token_budget_exceeded: return "request_token_budget_exceeded";
-    case errc::request_target_too_large: return "request_target_too_large";
-    case errc::unsupported_media_type: return "unsupported_media_type";
-    case errc::unsupported_content_encoding: return "unsupported_content_encoding";
-    case errc::unsupported_expectation: return "unsupported_expectation";
-    case errc::rate_limited: return "rate_limited";
-    case errc::request_headers_too_large: return "request_headers_too_large";
-    case errc::not_implemented: return "not_implemented";
-    case errc::provider_upstream_error: return "provider_upstream_error";
-    case errc::provider_invalid_response: return "provider_invalid_response";
-    case errc::provider_request_failed: return "provider_request_failed";
-    case errc::queue_full: return "queue_full";
-    case errc::overloaded: return "overloaded";
-    case errc::provider_unavailable: return "provider_unavailable";
-    case errc::async_queue_full: return "async_queue_full";
-    case errc::async_queue_storage_low: return "async_queue_storage_low";
-    case errc::shutting_down: return "shutting_down";
-    case errc::async_queue_disabled: return "async_queue_disabled";
-    case errc::request_timeout: return "request_timeout";
-    case errc::provider_timeout: return "provider_timeout";
-    case errc::context_length_exceeded: return "context_length_exceeded";
+    case errc::invalid_request:
+      return "invalid_request";
+    case errc::invalid_json:
+      return "invalid_json";
+    case errc::unauthorized:
+      return "unauthorized";
+    case errc::not_found:
+      return "not_found";
+    case errc::job_not_found:
+      return "job_not_found";
+    case errc::model_not_found:
+      return "model_not_found";
+    case errc::method_not_allowed:
+      return "method_not_allowed";
+    case errc::request_read_timeout:
+      return "request_read_timeout";
+    case errc::length_required:
+      return "length_required";
+    case errc::body_too_large:
+      return "body_too_large";
+    case errc::request_context_window_exceeded:
+      return "request_context_window_exceeded";
+    case errc::request_token_budget_exceeded:
+      return "request_token_budget_exceeded";
+    case errc::request_target_too_large:
+      return "request_target_too_large";
+    case errc::unsupported_media_type:
+      return "unsupported_media_type";
+    case errc::unsupported_content_encoding:
+      return "unsupported_content_encoding";
+    case errc::unsupported_expectation:
+      return "unsupported_expectation";
+    case errc::rate_limited:
+      return "rate_limited";
+    case errc::request_headers_too_large:
+      return "request_headers_too_large";
+    case errc::not_implemented:
+      return "not_implemented";
+    case errc::provider_upstream_error:
+      return "provider_upstream_error";
+    case errc::provider_invalid_response:
+      return "provider_invalid_response";
+    case errc::provider_request_failed:
+      return "provider_request_failed";
+    case errc::queue_full:
+      return "queue_full";
+    case errc::overloaded:
+      return "overloaded";
+    case errc::provider_unavailable:
+      return "provider_unavailable";
+    case errc::async_queue_full:
+      return "async_queue_full";
+    case errc::async_queue_storage_low:
+      return "async_queue_storage_low";
+    case errc::shutting_down:
+      return "shutting_down";
+    case errc::async_queue_disabled:
+      return "async_queue_disabled";
+    case errc::request_timeout:
+      return "request_timeout";
+    case errc::provider_timeout:
+      return "provider_timeout";
+    case errc::context_length_exceeded:
+      return "context_length_exceeded";
   }
   return "internal_error";
 }
@@ -82,11 +114,14 @@ std::string new_id(std::string_view prefix) {
   std::string out(prefix);
   out.resize(prefix.size() + 16);
   std::uint64_t r = next_random();
-  for (std::size_t i = 0; i < 16; ++i) out[prefix.size() + i] = hex[(r >> (i * 4)) & 0xF];
+  for (std::size_t i = 0; i < 16; ++i)
+    out[prefix.size() + i] = hex[(r >> (i * 4)) & 0xF];
   return out;
 }
 
-std::string new_request_id() { return new_id("req_"); }
+std::string new_request_id() {
+  return new_id("req_");
+}
 
 bool is_valid_request_id(std::string_view id) noexcept {
   if (id.empty() || id.size() > 128) return false;
@@ -100,13 +135,15 @@ bool is_valid_request_id(std::string_view id) noexcept {
 
 std::size_t count_code_points(std::string_view s) noexcept {
   std::size_t n = 0;
-  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  for (unsigned char c : s)
+    n += (c & 0xC0) != 0x80;
   return n;
 }
 
 std::size_t estimate_tokens(std::string_view s) noexcept {
   std::size_t non_ascii = 0;
-  for (unsigned char c : s) non_ascii += (c >= 0xC0);
+  for (unsigned char c : s)
+    non_ascii += (c >= 0xC0);
   std::size_t by_bytes = (s.size() + 3) / 4;
   return by_bytes > non_ascii ? by_bytes : non_ascii;
 }
@@ -114,7 +151,8 @@ std::size_t estimate_tokens(std::string_view s) noexcept {
 std::size_t utf8_safe_prefix(std::string_view s, std::size_t max_bytes) noexcept {
   if (max_bytes >= s.size()) return s.size();
   std::size_t n = max_bytes;
-  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80)
+    --n;
   return n;
 }
 
@@ -131,8 +169,10 @@ std::string format_timestamp(std::chrono::system_clock::time_point t) {
 
 std::string_view trim(std::string_view s) noexcept {
   auto ws = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; };
-  while (!s.empty() && ws(s.front())) s.remove_prefix(1);
-  while (!s.empty() && ws(s.back())) s.remove_suffix(1);
+  while (!s.empty() && ws(s.front()))
+    s.remove_prefix(1);
+  while (!s.empty() && ws(s.back()))
+    s.remove_suffix(1);
   return s;
 }
 

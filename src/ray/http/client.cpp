@@ -31,9 +31,10 @@ ray::error timeout_error(std::string const& what) {
 template <class Op>
 asio::awaitable<std::optional<typename Op::value_type>> with_deadline(Op op, steady::time_point deadline) {
   asio::steady_timer timer(co_await asio::this_coro::executor, deadline);
-  auto r = co_await (std::move(op) || timer.async_wait(use_tuple));
-  if (r.index() == 1) co_return std::nullopt;
-  co_return std::get<0>(std::move(r));
+  // The timer first: an operation launched after one that completed inline would miss its cancellation.
+  auto r = co_await (timer.async_wait(use_tuple) || std::move(op));
+  if (r.index() == 0) co_return std::nullopt;
+  co_return std::get<1>(std::move(r));
 }
 
 std::string find_header(std::vector<std::pair<std::string, std::string>> const& hs, std::string_view name) {

@@ -65,6 +65,8 @@ class exchange {
   tcp::endpoint peer() const noexcept;
   std::chrono::steady_clock::time_point received_at() const noexcept { return received_at_; }
   bool is_head() const noexcept { return req_.method() == verb::head; }
+  // 1 for the first request on its connection.
+  std::uint32_t index_on_connection() const noexcept { return index_; }
 
   // Writes the response: adds x-request-id, content-length, `connection: close` when the connection will
   // close. A HEAD request gets the headers without the body. At most one response per exchange.

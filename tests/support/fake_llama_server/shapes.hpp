@@ -1,0 +1,158 @@
+// fake_llama_server shapes: what the double says, byte-shaped like the recorded llama-server b1-80fb11a
+// replies in tests/fixtures/llama-server/ — tokenizer and chat template rules, deterministic generation,
+// request parsing with llama-server's error bodies, and the JSON / SSE / Prometheus renderers. No Asio here.
+//
+// Token rule (the double's "vocabulary"): a text is one token per 4 bytes (the last may be shorter); a
+// prompt that is evaluated gets a BOS token in front. So n_prompt = 1 + ceil(bytes / 4) of the evaluated
+// text: the raw prompt for /completion and /v1/completions, the /apply-template output for chat — i.e.
+// exactly `/tokenize {"content": <that text>, "add_special": true}`.
+#pragma once
+
+#include "knobs.hpp"
+
+#include <boost/json/array.hpp>
+#include <boost/json/object.hpp>
+#include <boost/json/value.hpp>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+namespace fake_llama {
+
+namespace json = boost::json;
+
+// JSON text like llama-server's: keys in insertion order, doubles in shortest round-trip form ("0.0", not
+// "0E0"), UTF-8 kept, control characters escaped.
+std::string dump(json::value const& v);
+
+// ---- tokens
+constexpr std::int32_t bos_id = 1;
+std::vector<std::int32_t> tokenize(std::string_view text, bool add_bos);
+int count_tokens(std::string_view text, bool add_bos);
+// Prompt tokens a slot whose cache holds `cached` can reuse for `next` (both evaluated texts, BOS first):
+// BOS plus every leading 4-byte chunk that is equal; 0 when the slot holds nothing.
+int common_prefix_tokens(std::string_view cached, std::string_view next);
+// The fixture model's template ("<s>role: content\n" per message, then "assistant:"), without the leading
+// BOS (llama-server's /apply-template strips it; the tokenizer adds it back).
+std::string apply_template(json::array const& messages);
+
+// ---- requests
+enum class api { completion, chat, text };  // /completion, /v1/chat/completions, /v1/completions
+
+struct reply {  // a whole non-streaming answer
+  int status{200};
+  std::string body;
+};
+
+struct gen_request {
+  api kind{api::completion};
+  json::object body;   // as received
+  std::string prompt;  // evaluated text (chat: templated)
+  int n_prompt{0};     // tokens, BOS included
+  int n_predict{-1};   // asked for; -1 = until EOS / the context is full
+  int n_gen_max{0};    // what the double will generate at most
+  int id_slot{-1};
+  bool cache_prompt{true};
+  bool stream{false};
+  bool include_usage{false};
+  bool ignore_eos{false};
+  std::string model;  // echoed by the OpenAI routes
+  std::vector<std::string> stop;
+  double temperature{0.800000011920929};
+  std::uint64_t seed{4294967295u};
+};
+
+// Parses and validates an inference body (status/body like llama-server on failure: invalid JSON → 500
+// server_error; 'messages' / 'prompt' missing → 400 invalid_request_error; prompt too long → 400
+// exceed_context_size_error with n_prompt_tokens and n_ctx).
+std::variant<gen_request, reply> parse_request(api kind, std::string_view body, knobs const& k);
+
+// ---- generation
+struct token {
+  std::int32_t id{0};
+  std::string piece;  // empty for EOS
+  bool eos{false};
+};
+// The i-th (0-based) generated token for a prompt; the N-th is EOS when k.eos_after == N (unless ignore_eos).
+token generated_token(std::string_view prompt, int i, bool ignore_eos, knobs const& k);
+
+struct gen_result {
+  std::string id;  // "chatcmpl-…"
+  std::int64_t created{0};
+  int id_slot{-1};
+  int n_prompt{0};
+  int n_cached{0};
+  int n_predicted{0};
+  std::string content;
+  std::string finish_reason{"length"};  // "length" | "stop"
+  std::string stop_type{"limit"};       // "limit" | "eos" | "word"
+  std::string stopping_word;
+  double prompt_ms{0};
+  double predicted_ms{0};
+};
+
+std::string new_completion_id();
+
+// Non-streaming answer body.
+std::string render_result(gen_request const& rq, gen_result const& rs, knobs const& k);
+// One SSE event: "data: <json>\n\n".
+std::string sse(std::string const& json_text);
+// SSE events before the first token (chat: the role delta).
+std::vector<std::string> stream_start(gen_request const& rq, gen_result const& rs, knobs const& k);
+// SSE event for one generated token (rs.n_predicted already counts it).
+std::string stream_token(gen_request const& rq, gen_result const& rs, token const& t, knobs const& k);
+// SSE events after the last token (finish chunk, usage chunk when asked, [DONE]; /completion: the final
+// object and no [DONE]).
+std::vector<std::string> stream_end(gen_request const& rq, gen_result const& rs, knobs const& k);
+// Body of an error event sent after the stream started.
+std::string stream_error_json(std::string_view message);
+
+// ---- error bodies
+std::string error_loading();       // 503
+std::string error_unauthorized();  // 401
+std::string error_not_found();     // 404
+std::string error_generic(int code, std::string_view message, std::string_view type);
+std::string error_for_status(int status);  // --fail-status bodies
+// A JSON text cut in half with garbage appended (--malformed-json).
+std::string break_json(std::string const& text);
+
+// ---- other endpoints
+reply tokenize_reply(std::string_view body);        // POST /tokenize
+reply apply_template_reply(std::string_view body);  // POST /apply-template
+std::string render_props(knobs const& k);
+std::string render_models(knobs const& k);
+
+struct slot_view {
+  int id{0};
+  int n_ctx{0};
+  bool is_processing{false};
+  bool used{false};  // ever ran a task: then the task fields are shown
+  int id_task{0};
+  int n_prompt{0};
+  int n_prompt_processed{0};
+  int n_cache{0};
+  int n_decoded{0};
+  int n_remain{-1};
+  json::object params;
+};
+json::object slot_params(gen_request const& rq);
+std::string render_slots(std::vector<slot_view> const& slots);
+
+struct metrics_view {
+  double prompt_tokens_total{0};
+  double prompt_tokens_cached_total{0};
+  double prompt_seconds_total{0};
+  double tokens_predicted_total{0};
+  double tokens_predicted_seconds_total{0};
+  double n_decode_total{0};
+  double n_tokens_max{0};
+  double busy_slot_decodes{0};  // sum over decodes of the busy slots at that decode
+  double requests_processing{0};
+  double requests_deferred{0};
+};
+std::string render_metrics(metrics_view const& m);
+
+}  // namespace fake_llama
