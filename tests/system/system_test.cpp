@@ -521,7 +521,7 @@ ray::config::degradation_config cfg() {
 sys::snapshot calm() {
   sys::snapshot s;
   s.taken = true;
-  s.rss_mib = 100;
+  s.process_rss_mib = 100;
   s.cgroup_usage_ratio = 0.5;
   s.memory_psi_some_avg10 = 1;
   s.memory_psi_full_avg10 = 0.5;
@@ -557,7 +557,7 @@ TEST(SystemEvaluate, EachMemorySignalAloneIsMemoryPressure) {
     sys::memory_signals expect;
   };
   tc const cases[] = {
-      {"rss", [](sys::snapshot& s) { s.rss_mib = 256.5; }, {.rss = true}},
+      {"rss", [](sys::snapshot& s) { s.process_rss_mib = 256.5; }, {.rss = true}},
       {"cgroup ratio", [](sys::snapshot& s) { s.cgroup_usage_ratio = 0.91; }, {.cgroup_ratio = true}},
       {"psi some", [](sys::snapshot& s) { s.memory_psi_some_avg10 = 10.01; }, {.psi_some = true}},
       {"psi full", [](sys::snapshot& s) { s.memory_psi_full_avg10 = 1.5; }, {.psi_full = true}},
@@ -614,7 +614,7 @@ TEST(SystemEvaluate, SeveralReasonsAreListedInOrder) {
   snap.cpu_throttled_ratio = 0.9;
   auto d = sys::evaluate(snap, cfg(), 20);
   EXPECT_THAT(d.reasons, ElementsAre("queue_depth", "cpu_pressure"));
-  snap.rss_mib = 1000;
+  snap.process_rss_mib = 1000;
   d = sys::evaluate(snap, cfg(), 20);
   EXPECT_THAT(d.reasons, ElementsAre("queue_depth", "memory_pressure", "cpu_pressure"));
   EXPECT_EQ(d.clamp_to, 64u);
@@ -655,3 +655,17 @@ TEST(SystemEvaluate, DisabledDegradationDecidesNothing) {
   EXPECT_FALSE(d.clamp_to);
   EXPECT_FALSE(d.queue_pressure || d.memory_pressure || d.cpu_pressure);
 }
+
+namespace {
+TEST(SystemEvaluate, ASupervisedBackendsRssAloneIsNotMemoryPressure) {
+  // Ray's own RSS is what memoryRssThresholdMiB guards; a 600 MiB model process next to it is not pressure.
+  ray::system::snapshot s;
+  s.taken = true;
+  s.process_rss_mib = 20;
+  s.backend_rss_mib = 600;
+  s.rss_mib = 620;
+  ray::config::degradation_config c;
+  c.memory_rss_threshold_mib = 512;
+  EXPECT_FALSE(ray::system::evaluate(s, c, 0).memory_pressure);
+}
+}  // namespace
