@@ -81,7 +81,11 @@ int main(int argc, char** argv) {
     if (!llama_server.empty()) flags.llama_server = llama_server;
     auto loaded = ray::config::load(config_file, ray::config::process_environment(), flags);
     if (!loaded) return config_error(loaded.error());
-    return ray::api::serve(std::move(*loaded), {.system_root = system_root});
+    ray::api::serve_options opts{.system_root = system_root};
+    opts.reload = [config_file, flags] {
+      return ray::config::load(config_file, ray::config::process_environment(), flags);
+    };
+    return ray::api::serve(std::move(*loaded), std::move(opts));
   }
   if (*validate) {
     auto loaded = ray::config::load(validate_file, ray::config::process_environment(), {});

@@ -9,6 +9,7 @@
 
 #include <boost/json/value.hpp>
 
+#include <functional>
 #include <string>
 
 namespace ray::api {
@@ -33,6 +34,8 @@ std::string render_infer_response(runtime::infer_result const& r, std::string co
 // (0 clean shutdown, 1 runtime failure such as a port in use, 2 configuration refused).
 struct serve_options {
   std::string system_root{"/"};  // where proc/ and sys/fs/cgroup/ are read from
+  // Re-reads the config (same file, environment and flags) for SIGHUP; unset = reload not possible.
+  std::function<result<config::loaded_config>()> reload{};
 };
 int serve(config::loaded_config loaded, serve_options opts = {});
 

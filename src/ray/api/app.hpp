@@ -1,6 +1,7 @@
 // Private to ray::api: the process-wide state the handlers share, and the router.
 #pragma once
 
+#include "ray/access/access.hpp"
 #include "ray/api/api.hpp"
 #include "ray/backend/backend.hpp"
 #include "ray/telemetry/telemetry.hpp"
@@ -34,8 +35,16 @@ struct route_info {
 // Matches a path to its route (exact paths; "/v1/jobs/{id}").
 route_info match_route(std::string_view path) noexcept;
 
+// Auth and rate limiting as currently in force (replaced on SIGHUP).
+struct access_state {
+  config::auth_config auth{};
+  config::rate_limit_config rate{};
+  std::shared_ptr<access::key_set const> keys{};
+  std::unique_ptr<access::rate_limiter> limiter{};
+};
+
 struct app {
-  config::loaded_config const& loaded;
+  config::loaded_config& loaded;  // the live view: SIGHUP updates the reloadable sections
   telemetry::logger& log;
   telemetry::registry& metrics;
   backend::backend& backend;
@@ -44,6 +53,7 @@ struct app {
   std::atomic<bool> shutting_down{false};
   std::chrono::steady_clock::time_point started{std::chrono::steady_clock::now()};
   std::unique_ptr<telemetry::rejection_summarizer> rejections;
+  access_state access{};
 
   config::config const& cfg() const noexcept { return loaded.cfg; }
 };
@@ -52,7 +62,8 @@ class router final : public http::handler {
  public:
   explicit router(app& a);
 
-  std::optional<ray::error> check_headers(http::request_header const& header, std::string_view path) override;
+  std::optional<ray::error> check_headers(http::request_header const& header, std::string_view path,
+                                          http::tcp::endpoint const& peer, http::header_list& extra) override;
   bool accepts_body(http::request_header const& header, std::string_view path) override;
   http::response error_response(ray::error const& err, http::request_header const* header,
                                 std::string_view path) override;

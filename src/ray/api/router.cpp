@@ -67,19 +67,56 @@ router::router(app& a)
           "ray_request_duration_seconds",
           "Time from the request's arrival to its response, by route template.", {"route"})) {}
 
-std::optional<ray::error> router::check_headers(http::request_header const& header, std::string_view path) {
+std::optional<ray::error> router::check_headers(http::request_header const& header, std::string_view path,
+                                                http::tcp::endpoint const& peer, http::header_list& extra) {
   auto route = match_route(path);
   if (route.id == route_id::none) return ray::error{errc::not_found, "no route for " + std::string(path)};
   if (!method_allowed(route.id, header.method())) {
     return ray::error{errc::method_not_allowed, std::string(header.method_string()) + " is not allowed on " +
-                                                    std::string(route.label) +
-                                                    "; allowed: " + std::string(route.allow)};
+                                                    std::string(route.label) + "; allowed: " +
+                                                    std::string(route.allow)};
   }
+  if (header.method() == http::verb::options) return std::nullopt;  // CORS preflight carries no credentials
+
+  // Auth before rate limiting, so rejected keys spend no quota (and before 100 Continue: the server calls us
+  // before it reads or invites the body).
+  auto& acc = app_.access;
+  bool const open_route = route.id == route_id::root || route.id == route_id::livez || route.id == route_id::readyz;
+  std::optional<access::key_digest> who;
+  if (acc.auth.enabled && !open_route) {
+    std::string_view values[4];
+    std::size_t n = 0;
+    for (auto const& f : header) {
+      if (f.name() != http::field::authorization) continue;
+      if (n == std::size(values)) {
+        n = std::size(values) + 1;  // more than we look at: certainly more than one
+        break;
+      }
+      values[n++] = f.value();
+    }
+    auto token = access::bearer_token(std::span<std::string_view const>(values, std::min(n, std::size(values))));
+    if (token && n <= 1 && acc.keys) who = acc.keys->verify(*token);
+    if (!who) return access::unauthorized();
+  }
+
   bool const work = route.id == route_id::infer || route.id == route_id::jobs || route.id == route_id::job ||
                     route.id == route_id::embeddings;
-  if (work && header.method() != http::verb::options && app_.shutting_down.load(std::memory_order_relaxed))
-    return ray::error{errc::shutting_down,
-                      "the gateway is shutting down; retry against another instance or later"};
+  if (work && acc.rate.enabled && acc.limiter) {
+    std::string_view xff[8];
+    std::size_t nx = 0;
+    for (auto const& f : header)
+      if (iequals(f.name_string(), "x-forwarded-for") && nx < std::size(xff)) xff[nx++] = f.value();
+    auto ip = access::client_ip(peer.address().to_string(), std::span<std::string_view const>(xff, nx),
+                                acc.rate.trust_proxy_headers);
+    auto d = acc.limiter->check(access::rate_limit_key(acc.rate.key_strategy, ip, who));
+    extra.emplace_back("x-ratelimit-limit", std::to_string(d.limit));
+    extra.emplace_back("x-ratelimit-remaining", std::to_string(d.remaining));
+    extra.emplace_back("x-ratelimit-reset", std::to_string(d.reset_epoch_seconds));
+    if (!d.allowed) return access::rate_limited(d);
+  }
+
+  if (work && app_.shutting_down.load(std::memory_order_relaxed))
+    return ray::error{errc::shutting_down, "the gateway is shutting down; retry against another instance or later"};
   return std::nullopt;
 }
 

@@ -43,26 +43,51 @@ bool is_loopback_host(std::string const& host) {
 
 // Startup refusals: features this build does not have are never silently ignored.
 std::optional<std::string> refuse_reason(config::config const& cfg) {
-  if (cfg.auth.enabled)
-    return "auth.enabled is true, but API-key auth is not available in this build of Ray yet; refusing to "
-           "start "
-           "rather than serve without it (set auth.enabled to false for a loopback-only deployment)";
-  if (cfg.rate_limit.enabled)
-    return "rateLimit.enabled is true, but rate limiting is not available in this build of Ray yet; refusing "
-           "to "
-           "start rather than serve without it (set rateLimit.enabled to false or "
-           "RAY_RATE_LIMIT_ENABLED=false)";
-  if (cfg.model.adapter.kind != config::adapter_kind::mock)
-    return "model.adapter.kind \"" + std::string(config::adapter_kind_name(cfg.model.adapter.kind)) +
-           "\" is not available in this build of Ray yet (only \"mock\"); use --profile tiny or kind "
-           "\"mock\"";
+  if (cfg.model.adapter.kind != config::adapter_kind::mock && cfg.model.adapter.base_url.rfind("https://", 0) == 0)
+    return "model.adapter.baseUrl uses https, but Ray talks plain HTTP to its backend (keep the backend on "
+           "loopback or a private network; TLS belongs to the reverse proxy in front of Ray)";
+  if (cfg.model.adapter.launch && cfg.model.adapter.launch->supervise)
+    return "model.adapter.launchProfile.supervise (--model-path) is not available in this build of Ray yet; start "
+           "llama-server yourself and attach with --backend-url";
   if (!is_loopback_host(cfg.server.host) && !cfg.auth.enabled && !cfg.server.allow_unauthenticated_public)
     return "server.host " + cfg.server.host +
-           " is not a loopback address and auth is disabled: anyone who can reach it could use the model. "
-           "Enable "
+           " is not a loopback address and auth is disabled: anyone who can reach it could use the model. Enable "
            "auth, bind 127.0.0.1 behind a reverse proxy, or set server.allowUnauthenticatedPublic "
            "(--allow-unauthenticated-public) to accept the risk";
   return std::nullopt;
+}
+
+std::optional<std::string> env_value(std::string const& name) {
+  if (char const* v = std::getenv(name.c_str())) return std::string(v);
+  return std::nullopt;
+}
+
+// Builds the auth/rate-limit state of a config (keys read from the environment now).
+result<access_state> make_access(config::config const& cfg) {
+  access_state acc;
+  acc.auth = cfg.auth;
+  acc.rate = cfg.rate_limit;
+  if (cfg.auth.enabled) {
+    auto keys = access::key_set::load(cfg.auth, env_value(cfg.auth.api_key_env));
+    if (!keys) return keys.error();
+    acc.keys = std::make_shared<access::key_set const>(std::move(*keys));
+  }
+  if (cfg.rate_limit.enabled) acc.limiter = std::make_unique<access::rate_limiter>(cfg.rate_limit, ray::system_clock());
+  return acc;
+}
+
+boost::json::object access_summary(access_state const& acc) {
+  boost::json::object f{{"auth", acc.auth.enabled},
+                        {"apiKeys", acc.keys ? acc.keys->size() : 0},
+                        {"rateLimit", acc.rate.enabled}};
+  if (acc.rate.enabled) {
+    f["maxRequests"] = acc.rate.max_requests;
+    f["windowMs"] = acc.rate.window_ms;
+    f["keyStrategy"] = config::rate_limit_key_name(acc.rate.key_strategy);
+    f["maxKeys"] = acc.rate.max_keys;
+    f["trustProxyHeaders"] = acc.rate.trust_proxy_headers;
+  }
+  return f;
 }
 
 http::limits limits_from(config::server_config const& s) {
@@ -100,13 +125,73 @@ boost::asio::awaitable<void> shutdown_sequence(app& a, http::server& srv, boost:
   ioc.stop();
 }
 
+// SIGHUP: re-read the config and apply what does not touch the backend (limits, auth keys, rate limits, log
+// level); everything else needs a restart and is reported as such.
+void reload(app& a, http::server& srv, std::function<result<config::loaded_config>()> const& reader) {
+  if (!reader) {
+    a.log.warn("SIGHUP received, but this process cannot re-read its configuration; unchanged");
+    return;
+  }
+  auto fresh = reader();
+  if (!fresh) {
+    a.log.error("configuration reload failed; configuration unchanged", {{"reason", fresh.error().message}});
+    return;
+  }
+  auto const& old_cfg = a.loaded.cfg;
+  auto const& new_cfg = fresh->cfg;
+  auto acc = make_access(new_cfg);
+  if (!acc) {
+    a.log.error("configuration reload failed; configuration unchanged", {{"reason", acc.error().message}});
+    return;
+  }
+  boost::json::array changed;
+  if (!(old_cfg.server == new_cfg.server)) changed.emplace_back("server");
+  if (!(old_cfg.auth == new_cfg.auth)) changed.emplace_back("auth");
+  if (!(old_cfg.rate_limit == new_cfg.rate_limit)) changed.emplace_back("rateLimit");
+  if (!(old_cfg.telemetry == new_cfg.telemetry)) changed.emplace_back("telemetry");
+  boost::json::array ignored;
+  if (!(old_cfg.model == new_cfg.model)) ignored.emplace_back("model");
+  if (!(old_cfg.scheduler == new_cfg.scheduler)) ignored.emplace_back("scheduler");
+  if (!(old_cfg.cache == new_cfg.cache)) ignored.emplace_back("cache");
+  if (!(old_cfg.graceful_degradation == new_cfg.graceful_degradation)) ignored.emplace_back("gracefulDegradation");
+  if (!(old_cfg.async_queue == new_cfg.async_queue)) ignored.emplace_back("asyncQueue");
+  if (old_cfg.server.host != new_cfg.server.host || old_cfg.server.port != new_cfg.server.port ||
+      old_cfg.server.threads != new_cfg.server.threads)
+    ignored.emplace_back("server.host/port/threads");
+
+  // Keep the rate-limit counts when only the limits change.
+  if (a.access.limiter && new_cfg.rate_limit.enabled) {
+    a.access.limiter->set_limits(new_cfg.rate_limit);
+    acc->limiter = std::move(a.access.limiter);
+  }
+  a.access = std::move(*acc);
+  srv.set_limits(limits_from(new_cfg.server));
+  a.log.set_level(to_level(new_cfg.telemetry.level));
+  auto& live = a.loaded.cfg;
+  auto const host = live.server.host;
+  auto const port = live.server.port;
+  auto const threads = live.server.threads;
+  live.server = new_cfg.server;
+  live.server.host = host;
+  live.server.port = port;
+  live.server.threads = threads;
+  live.auth = new_cfg.auth;
+  live.rate_limit = new_cfg.rate_limit;
+  live.telemetry.level = new_cfg.telemetry.level;
+  live.telemetry.slow_request_threshold_ms = new_cfg.telemetry.slow_request_threshold_ms;
+  boost::json::object f{{"changed", std::move(changed)}, {"needsRestart", std::move(ignored)}};
+  for (auto& [k, v] : access_summary(a.access)) f[k] = v;
+  a.log.info("configuration reloaded", std::move(f));
+}
+
 boost::asio::awaitable<void> signal_loop(app& a, http::server& srv, boost::asio::io_context& ioc,
-                                         boost::asio::signal_set& signals) {
+                                         boost::asio::signal_set& signals,
+                                         std::function<result<config::loaded_config>()> reader) {
   for (;;) {
     auto [ec, sig] = co_await signals.async_wait(use_tuple);
     if (ec) co_return;
     if (sig == SIGHUP) {
-      a.log.warn("SIGHUP received: live reload is not available in this build yet; configuration unchanged");
+      reload(a, srv, reader);
       continue;
     }
     if (a.shutting_down.exchange(true)) {
@@ -142,6 +227,13 @@ int serve(config::loaded_config loaded, serve_options opts) {
     std::fprintf(stderr, "ray: %s\n", why->c_str());
     return 2;
   }
+  auto acc = make_access(cfg);
+  if (!acc) {
+    log.error("configuration refused", {{"reason", acc.error().message}});
+    log.flush();
+    std::fprintf(stderr, "ray: %s\n", acc.error().message.c_str());
+    return 2;
+  }
   if (cfg.async_queue.enabled)
     log.warn(
         "asyncQueue.enabled is set, but durable jobs are not available in this build yet: /v1/jobs answers "
@@ -158,6 +250,7 @@ int serve(config::loaded_config loaded, serve_options opts) {
   runtime::runtime rt(ioc.get_executor(), cfg, *be, metrics, log, &sampler);
   app a{loaded, log, metrics, *be, rt};
   a.rejections = std::make_unique<telemetry::rejection_summarizer>(log);
+  a.access = std::move(*acc);
   router r(a);
   http::server srv(ioc, r, limits_from(a.cfg().server));
   a.server = &srv;
@@ -185,8 +278,9 @@ int serve(config::loaded_config loaded, serve_options opts) {
                                  {"largestPromptTokens", rt.context_window() - 1},
                                  {"threads", a.cfg().server.threads}});
 
-  boost::asio::co_spawn(ioc, signal_loop(a, srv, ioc, signals), boost::asio::detached);
+  boost::asio::co_spawn(ioc, signal_loop(a, srv, ioc, signals, std::move(opts.reload)), boost::asio::detached);
   boost::asio::co_spawn(ioc, summary_ticker(a, ioc), boost::asio::detached);
+  log.info("access control", access_summary(a.access));
 
   std::vector<std::thread> extra;
   for (std::uint32_t i = 1; i < a.cfg().server.threads; ++i)

@@ -22,6 +22,8 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace ray::http {
 
@@ -94,15 +96,19 @@ class exchange {
   bool close_{false};
 };
 
+// Headers a handler attaches to every response of the current request (e.g. x-ratelimit-*).
+using header_list = std::vector<std::pair<std::string, std::string>>;
+
 // Implemented by the API layer.
 class handler {
  public:
   virtual ~handler() = default;
 
   // Called once the header section passed the framing checks and before any body byte is read or 100 Continue
-  // is sent. Route and method checks (404/405), and later auth and rate limiting, go here. Returning an error
-  // answers it at once (the body stays unread, so the connection closes).
-  virtual std::optional<ray::error> check_headers(request_header const& header, std::string_view path) = 0;
+  // is sent: route and method checks (404/405), auth, rate limiting. Returning an error answers it at once (the
+  // body stays unread, so the connection closes). Headers added to `extra` go on every response to this request.
+  virtual std::optional<ray::error> check_headers(request_header const& header, std::string_view path,
+                                                  tcp::endpoint const& peer, header_list& extra) = 0;
 
   // Whether this route takes a request body (POST routes): content type/encoding/length checks apply.
   virtual bool accepts_body(request_header const& header, std::string_view path) = 0;

@@ -161,6 +161,7 @@ class connection {
   bool timed_out_{false};
   bool closed_{false};
   bool idle_{false};
+  header_list extra_;  // headers the handler attached to this request's responses
 };
 
 struct server::impl {
@@ -208,6 +209,7 @@ asio::awaitable<void> connection::watchdog(std::shared_ptr<connection> self) {
 asio::awaitable<bool> connection::write_response(response& res, bool head_only, bool close,
                                                  std::string const& request_id) {
   res.set("x-request-id", request_id);
+  for (auto const& [name, value] : extra_) res.set(name, value);
   res.keep_alive(!close);
   res.prepare_payload();
   set_deadline(srv_.limits_.write_timeout_ms);
@@ -272,6 +274,7 @@ asio::awaitable<void> connection::run(std::shared_ptr<connection> self) {
     }
 
     set_deadline(lim.headers_timeout_ms);
+    extra_.clear();
     beast::http::request_parser<beast::http::string_body> parser;
     parser.header_limit(lim.max_header_bytes);
     parser.body_limit(boost::none);
@@ -376,7 +379,7 @@ asio::awaitable<void> connection::run(std::shared_ptr<connection> self) {
     auto qpos = path_and_query.find('?');
     std::string_view path = path_and_query.substr(0, qpos);
 
-    if (auto err = h.check_headers(req.base(), path)) {
+    if (auto err = h.check_headers(req.base(), path, peer_, extra_)) {
       if (!co_await reject(std::move(*err), path)) break;
       continue;
     }
