@@ -52,13 +52,16 @@ inline boost::json::object with(boost::json::object cfg, boost::json::object con
 // `ray serve --config <file> --port 0 [extra args]` in a private temp dir (also its working directory).
 class ray_server {
  public:
-  explicit ray_server(boost::json::object const& config, std::vector<std::string> extra_args = {}) {
+  explicit ray_server(boost::json::object const& config, std::vector<std::string> extra_args = {},
+                      std::vector<std::pair<std::string, std::string>> env = {}) {
     auto path = rt::write_config(dir_, config);
     std::vector<std::string> args{"serve", "--config", path.string(), "--port", "0"};
     for (auto& a : extra_args)
       args.push_back(std::move(a));
-    proc_ = std::make_unique<rt::ray_process>(
-        rt::spawn_options{.binary = RAY_BINARY, .args = std::move(args), .working_directory = dir_.path()});
+    proc_ = std::make_unique<rt::ray_process>(rt::spawn_options{.binary = RAY_BINARY,
+                                                                .args = std::move(args),
+                                                                .env = std::move(env),
+                                                                .working_directory = dir_.path()});
   }
 
   // Waits for the listening line; false (with the reason in a gtest failure) when it never comes.
@@ -77,6 +80,8 @@ class ray_server {
   }
 
   std::uint16_t port() const { return port_; }
+  // The config file the server was started with (tests rewrite it before SIGHUP).
+  std::filesystem::path config_path() const { return dir_.path() / "ray.json"; }
   rt::ray_process& process() { return *proc_; }
   rt::temp_dir const& dir() const { return dir_; }
   rt::raw_client connect(std::string const& host = "127.0.0.1") { return rt::raw_client(port_, host); }

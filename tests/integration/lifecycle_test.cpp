@@ -71,13 +71,15 @@ class Lifecycle : public ::testing::Test {
 // ---- startup refusals
 // -------------------------------------------------------------------------------------------
 
-TEST_F(Lifecycle, AuthEnabledExitsWithCode2NamingAuth) {
+// Auth enabled with no key in RAY_API_KEYS (ray_process drops inherited RAY_* variables) and no digests.
+TEST_F(Lifecycle, AuthEnabledWithoutKeysExitsWithCode2NamingTheKeyVariable) {
   srv_ = std::make_unique<ray_server>(with(test_config(), {{"auth", json::object{{"enabled", true}}}}));
   auto code = srv_->process().wait_exit(rt::in(kIo));
   ASSERT_TRUE(code) << "still running " << kIo.count() << " s after start with auth.enabled";
   EXPECT_EQ(*code, 2);
   auto out = srv_->process().stdout_text() + srv_->process().stderr_text();
   EXPECT_NE(lower(out).find("auth"), std::string::npos) << "output does not name auth:\n" << out;
+  EXPECT_NE(out.find("RAY_API_KEYS"), std::string::npos) << "output does not name the key variable:\n" << out;
   EXPECT_EQ(out.find("gateway listening"), std::string::npos) << "it bound before refusing:\n" << out;
 }
 
