@@ -1,8 +1,5 @@
 #include "ray/access/access.hpp"
 
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -13,24 +10,6 @@ namespace ray::access {
 namespace {
 
 // Fetched once: OpenSSL 3 otherwise looks the algorithm up on every digest.
-EVP_MD const* sha256_md() {
-  static EVP_MD* const md = [] {
-    EVP_MD* m = EVP_MD_fetch(nullptr, "SHA256", nullptr);
-    if (m == nullptr) std::abort();
-    return m;
-  }();
-  return md;
-}
-
-struct ctx_deleter {
-  void operator()(EVP_MD_CTX* c) const noexcept { EVP_MD_CTX_free(c); }
-};
-
-EVP_MD_CTX* thread_ctx() {
-  thread_local std::unique_ptr<EVP_MD_CTX, ctx_deleter> ctx{EVP_MD_CTX_new()};
-  if (!ctx) std::abort();
-  return ctx.get();
-}
 
 bool is_b64token_char(char c) noexcept {
   return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
@@ -70,28 +49,24 @@ std::string_view trim_ows(std::string_view s) noexcept {
 
 key_digest key_digest::of(std::string_view text) {
   key_digest d;
-  EVP_MD_CTX* ctx = thread_ctx();
-  unsigned int len = 0;
-  if (EVP_DigestInit_ex2(ctx, sha256_md(), nullptr) != 1 ||
-      EVP_DigestUpdate(ctx, text.data(), text.size()) != 1 ||
-      EVP_DigestFinal_ex(ctx, d.bytes_.data(), &len) != 1 || len != d.bytes_.size())
-    std::abort();
+  auto const digest = ray::sha256(text);
+  std::copy(digest.begin(), digest.end(), d.bytes_.begin());
   return d;
 }
 
 bool operator==(key_digest const& a, key_digest const& b) noexcept {
-  return CRYPTO_memcmp(a.bytes_.data(), b.bytes_.data(), a.bytes_.size()) == 0;
+  return ray::constant_time_equal(a.bytes_, b.bytes_);
 }
 
 result<key_set> key_set::load(config::auth_config const& auth, std::optional<std::string> env_value) {
   key_set out;
   if (!auth.enabled) {
-    if (env_value) OPENSSL_cleanse(env_value->data(), env_value->size());
+    if (env_value) ray::secure_wipe(env_value->data(), env_value->size());
     return out;
   }
   std::string const& var = auth.api_key_env;
   auto fail = [&](std::string msg) -> result<key_set> {
-    if (env_value) OPENSSL_cleanse(env_value->data(), env_value->size());
+    if (env_value) ray::secure_wipe(env_value->data(), env_value->size());
     return ray::error{errc::invalid_request, std::move(msg)};
   };
 
@@ -122,7 +97,7 @@ result<key_set> key_set::load(config::auth_config const& auth, std::optional<std
       if (cut == std::string_view::npos) break;
       rest.remove_prefix(cut + 1);
     }
-    OPENSSL_cleanse(env_value->data(), env_value->size());
+    ray::secure_wipe(env_value->data(), env_value->size());
   }
 
   for (std::size_t i = 0; i < auth.api_key_sha256.size(); ++i) {
@@ -167,7 +142,7 @@ std::optional<key_digest> key_set::verify(std::string_view token) const {
   // which (if any) stored digest matched.
   std::size_t match = 0;  // index + 1 of the match, 0 for none
   for (std::size_t i = 0; i < digests_.size(); ++i) {
-    int diff = CRYPTO_memcmp(candidate.bytes_.data(), digests_[i].bytes_.data(), candidate.bytes_.size());
+    int diff = ray::constant_time_equal(candidate.bytes_, digests_[i].bytes_) ? 0 : 1;
     std::size_t equal_mask = static_cast<std::size_t>(0) - static_cast<std::size_t>(diff == 0);
     match = (match & ~equal_mask) | ((i + 1) & equal_mask);
   }

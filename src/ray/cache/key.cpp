@@ -1,7 +1,5 @@
 #include "ray/cache/cache.hpp"
 
-#include <openssl/evp.h>
-
 #include <bit>
 #include <cmath>
 #include <cstdio>
@@ -24,27 +22,6 @@ enum : std::uint8_t {
   t_map = 7,
 };
 
-// OpenSSL 3 looks the algorithm up on every EVP_sha256()/EVP_Digest call unless it is fetched once; the
-// context is reused per thread so a digest costs no allocation.
-EVP_MD const* sha256_md() {
-  static EVP_MD* const md = [] {
-    EVP_MD* m = EVP_MD_fetch(nullptr, "SHA256", nullptr);
-    if (m == nullptr) std::abort();
-    return m;
-  }();
-  return md;
-}
-
-struct ctx_deleter {
-  void operator()(EVP_MD_CTX* c) const noexcept { EVP_MD_CTX_free(c); }
-};
-
-EVP_MD_CTX* thread_ctx() {
-  thread_local std::unique_ptr<EVP_MD_CTX, ctx_deleter> ctx{EVP_MD_CTX_new()};
-  if (!ctx) std::abort();
-  return ctx.get();
-}
-
 }  // namespace
 
 std::string cache_key::hex() const {
@@ -59,12 +36,7 @@ std::string cache_key::hex() const {
 
 cache_key sha256(std::string_view data) {
   cache_key k;
-  EVP_MD_CTX* ctx = thread_ctx();
-  unsigned int len = 0;
-  if (EVP_DigestInit_ex2(ctx, sha256_md(), nullptr) != 1 ||
-      EVP_DigestUpdate(ctx, data.data(), data.size()) != 1 ||
-      EVP_DigestFinal_ex(ctx, k.bytes.data(), &len) != 1 || len != k.bytes.size())
-    std::abort();
+  k.bytes = ray::sha256(data);
   return k;
 }
 

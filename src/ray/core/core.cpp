@@ -1,5 +1,8 @@
 #include "ray/core/core.hpp"
 
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+
 #include <array>
 #include <cstdio>
 #include <ctime>
@@ -154,6 +157,24 @@ std::size_t utf8_safe_prefix(std::string_view s, std::size_t max_bytes) noexcept
   while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80)
     --n;
   return n;
+}
+
+sha256_digest sha256(std::string_view data) noexcept {
+  sha256_digest out{};
+  SHA256_CTX ctx;
+  SHA256_Init(&ctx);
+  SHA256_Update(&ctx, data.data(), data.size());
+  SHA256_Final(out.data(), &ctx);
+  return out;
+}
+
+bool constant_time_equal(std::span<std::uint8_t const> a, std::span<std::uint8_t const> b) noexcept {
+  if (a.size() != b.size()) return false;
+  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+void secure_wipe(void* p, std::size_t n) noexcept {
+  OPENSSL_cleanse(p, n);
 }
 
 std::string format_timestamp(std::chrono::system_clock::time_point t) {

@@ -5,9 +5,11 @@
 #include <boost/json/object.hpp>
 #include <boost/system/result.hpp>
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -112,6 +114,15 @@ std::size_t count_code_points(std::string_view utf8) noexcept;
 std::size_t estimate_tokens(std::string_view utf8) noexcept;
 // Largest prefix length <= max_bytes that does not split a UTF-8 code point.
 std::size_t utf8_safe_prefix(std::string_view utf8, std::size_t max_bytes) noexcept;
+
+// SHA-256 of `data`. OpenSSL's low-level implementation (libcrypto linked statically): no provider machinery
+// loaded, so hashing costs Ray a few KB instead of MBs of resident libcrypto.
+using sha256_digest = std::array<std::uint8_t, 32>;
+sha256_digest sha256(std::string_view data) noexcept;
+// Equality of two byte strings in time that depends only on their length (no early exit).
+bool constant_time_equal(std::span<std::uint8_t const> a, std::span<std::uint8_t const> b) noexcept;
+// Overwrites memory in a way the compiler does not optimise away (secrets).
+void secure_wipe(void* p, std::size_t n) noexcept;
 
 // RFC 3339 UTC timestamp with milliseconds, e.g. "2026-11-27T16:15:53.123Z".
 std::string format_timestamp(std::chrono::system_clock::time_point t);

@@ -47,9 +47,15 @@ std::string_view kind_name(kind k) {
   return "untyped";
 }
 
-bool is_blank(char c) { return c == ' ' || c == '\t'; }
-bool is_alpha_(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
-bool is_digit(char c) { return c >= '0' && c <= '9'; }
+bool is_blank(char c) {
+  return c == ' ' || c == '\t';
+}
+bool is_alpha_(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+}
+bool is_digit(char c) {
+  return c >= '0' && c <= '9';
+}
 
 // A cursor over one line.
 struct cursor {
@@ -59,18 +65,23 @@ struct cursor {
   bool done() const { return i >= s.size(); }
   char peek() const { return done() ? '\0' : s[i]; }
   void skip_blanks() {
-    while (!done() && is_blank(s[i])) ++i;
+    while (!done() && is_blank(s[i]))
+      ++i;
   }
   std::string_view token() {  // up to the next blank or the end
     std::size_t start = i;
-    while (!done() && !is_blank(s[i])) ++i;
+    while (!done() && !is_blank(s[i]))
+      ++i;
     return s.substr(start, i - start);
   }
   // [a-zA-Z_:][a-zA-Z0-9_:]* (metric names) or, without colons, [a-zA-Z_][a-zA-Z0-9_]* (label names).
   std::string_view name(bool colons) {
     std::size_t start = i;
-    auto ok = [&](char c, bool first) { return is_alpha_(c) || (colons && c == ':') || (!first && is_digit(c)); };
-    while (!done() && ok(s[i], i == start)) ++i;
+    auto ok = [&](char c, bool first) {
+      return is_alpha_(c) || (colons && c == ':') || (!first && is_digit(c));
+    };
+    while (!done() && ok(s[i], i == start))
+      ++i;
     return s.substr(start, i - start);
   }
 };
@@ -101,7 +112,8 @@ bool valid_escapes(std::string_view s, bool quote_allowed) {
 // What Go's strconv.ParseFloat (Prometheus' parser) accepts, minus hex floats and underscores.
 bool valid_float(std::string_view s) {
   std::string lower;
-  for (char c : s) lower += static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+  for (char c : s)
+    lower += static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
   for (std::string_view special : {"nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}) {
     if (lower == special) return true;
   }
@@ -109,7 +121,7 @@ bool valid_float(std::string_view s) {
   if (s.front() == '+') s.remove_prefix(1);
   double v = 0;
   auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  return end == s.data() + s.size() && ec != std::errc::invalid_argument;  // out of range is ±Inf/0 to Go
+  return ec == std::errc{} && end == s.data() + s.size();  // Go's parser rejects out-of-range values too
 }
 
 bool valid_timestamp(std::string_view s) {
@@ -141,7 +153,8 @@ std::optional<std::vector<label>> parse_labels(cursor& c) {
     c.skip_blanks();
     if (c.peek() != '"') return std::nullopt;
     std::size_t start = ++c.i;
-    while (!c.done() && c.s[c.i] != '"') c.i += c.s[c.i] == '\\' ? 2 : 1;
+    while (!c.done() && c.s[c.i] != '"')
+      c.i += c.s[c.i] == '\\' ? 2 : 1;
     if (c.done()) return std::nullopt;
     l.value = c.s.substr(start, c.i - start);
     ++c.i;  // closing quote
@@ -171,13 +184,13 @@ struct family {
 std::string target_name(std::string_view source, kind& type) {
   std::string rest(source.substr(source_prefix.size()));
   std::replace(rest.begin(), rest.end(), ':', '_');
-  if (type == kind::counter &&
-      std::find(gauges_typed_as_counters.begin(), gauges_typed_as_counters.end(), rest) !=
-          gauges_typed_as_counters.end()) {
+  if (type == kind::counter && std::find(gauges_typed_as_counters.begin(), gauges_typed_as_counters.end(),
+                                         rest) != gauges_typed_as_counters.end()) {
     type = kind::gauge;
   }
   constexpr std::string_view seconds = "tokens_seconds";
-  if (ends_with(rest, seconds) && (rest.size() == seconds.size() || rest[rest.size() - seconds.size() - 1] == '_')) {
+  if (ends_with(rest, seconds) &&
+      (rest.size() == seconds.size() || rest[rest.size() - seconds.size() - 1] == '_')) {
     rest.replace(rest.size() - std::string_view("seconds").size(), std::string_view::npos, "per_second");
   }
   if (type == kind::counter && !ends_with(rest, "_total")) rest += "_total";
@@ -190,7 +203,8 @@ class reexporter {
 
   std::string run(std::size_t max_bytes) {
     for_each_line([this](std::string_view line) { read_metadata(line); });
-    for (auto& f : families_) name_family(f);
+    for (auto& f : families_)
+      name_family(f);
     for_each_line([this](std::string_view line) { read_sample(line); });
     return render(max_bytes);
   }
@@ -236,7 +250,8 @@ class reexporter {
     if (!c.done() && !is_blank(c.peek())) return;
     c.skip_blanks();
     std::string_view rest = line.substr(c.i);
-    while (!rest.empty() && is_blank(rest.back())) rest.remove_suffix(1);
+    while (!rest.empty() && is_blank(rest.back()))
+      rest.remove_suffix(1);
     if (keyword == "HELP") {
       if (!valid_escapes(rest, false) || !valid_utf8(rest)) return;
       family& f = family_for(name);
@@ -258,6 +273,11 @@ class reexporter {
     auto has = [&](std::string_view label_name) {
       return std::any_of(labels.begin(), labels.end(), [&](label const& l) { return l.name == label_name; });
     };
+    if (family* f = find(name)) {
+      if (f->out_type == kind::histogram) return {nullptr, {}};  // a histogram's samples carry a suffix
+      if (f->out_type == kind::summary && !has("quantile")) return {nullptr, {}};
+      return {f, {}};
+    }
     for (std::string_view suffix : {"_bucket", "_count", "_sum"}) {
       if (!ends_with(name, suffix)) continue;
       family* f = find(name.substr(0, name.size() - suffix.size()));
@@ -271,14 +291,9 @@ class reexporter {
       family* f = find(name.substr(0, name.size() - 6));
       if (f && f->out_type == kind::counter) return {f, {}};
     }
-    family* f = find(name);
-    if (!f) {
-      f = &family_for(name);
-      name_family(*f);
-    }
-    if (f->out_type == kind::histogram) return {nullptr, {}};
-    if (f->out_type == kind::summary && !has("quantile")) return {nullptr, {}};
-    return {f, {}};
+    family& created = family_for(name);  // untyped: no HELP or TYPE named it
+    name_family(created);
+    return {&created, {}};
   }
 
   // Second pass: samples.
@@ -288,6 +303,7 @@ class reexporter {
     if (c.done() || c.peek() == '#') return;
     std::string_view name = c.name(true);
     if (!name.starts_with(source_prefix) || name.size() == source_prefix.size()) return;
+    if (!c.done() && !is_blank(c.peek()) && c.peek() != '{') return;  // junk glued to the name
     c.skip_blanks();
     std::vector<label> labels;
     if (c.peek() == '{') {
@@ -295,8 +311,6 @@ class reexporter {
       if (!parsed) return;
       labels = std::move(*parsed);
       c.skip_blanks();
-    } else if (c.i == name.size() && !c.done() && !is_blank(line[c.i])) {
-      return;  // junk glued to the name
     }
     std::string_view value = c.token();
     if (!valid_float(value)) return;
@@ -348,10 +362,12 @@ class reexporter {
       }
       header += "\n# TYPE " + f.name + ' ' + std::string(kind_name(f.out_type)) + '\n';
       std::size_t size = header.size();
-      for (auto const& l : f.lines) size += l.size();
+      for (auto const& l : f.lines)
+        size += l.size();
       if (out.size() + size <= max_bytes) {
         out += header;
-        for (auto const& l : f.lines) out += l;
+        for (auto const& l : f.lines)
+          out += l;
         continue;
       }
       // The first family that does not fit ends the output.

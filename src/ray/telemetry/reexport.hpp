@@ -33,16 +33,17 @@ inline constexpr std::size_t default_reexport_max_bytes = 256 * 1024;
 //  2. x ending in `tokens_seconds` (a throughput in tokens/s, e.g. `prompt_tokens_seconds`) ends in
 //     `tokens_per_second` instead.
 //  3. `n_tokens_max` (the largest sequence length seen) and `n_busy_slots_per_decode` (an average) are typed
-//     `gauge` when llama-server types them `counter`: neither is a count of events, and rate() over them means
-//     nothing. Older builds type both as counters; the fixture build still types n_tokens_max so.
+//     `gauge` when llama-server types them `counter`: neither is a count of events, and rate() over them
+//     means nothing. Older builds type both as counters; the fixture build still types n_tokens_max so.
 //  4. Any other `counter` whose name does not end in `_total` keeps its type and gets `_total` appended
 //     (promtool requires the suffix; keeping the type keeps rate()/increase() meaningful).
 // HELP text is kept verbatim; a family without HELP gets "llama-server's llamacpp:x (no HELP given)." so the
 // output stays promtool-clean. TYPE is kept (rule 3 aside); untyped samples become an `untyped` family.
 // Label sets, values and timestamps are kept as given.
 //
-// Output: one block per family that has at least one sample, in the order the families first appear —
-// `# HELP`, `# TYPE`, then its samples in input order. Histogram and summary families keep their
+// Output: one block per family that has at least one sample — `# HELP`, `# TYPE`, then its samples in input
+// order — families in the order of their first HELP or TYPE line, then families that only have samples.
+// Histogram and summary families keep their
 // `_bucket`/`_sum`/`_count` (and quantile) samples under the renamed base name.
 //
 // Skipped (the rest of the input is still used): a line that does not parse (bad name, label set, escape,

@@ -10,11 +10,12 @@
 //   ray::telemetry::logger log("ray-gateway", ray::telemetry::level::info);
 //   log.info("gateway listening", {{"address", "127.0.0.1:3000"}});
 //
-// See logger.hpp and metrics.hpp for the contracts.
+// See logger.hpp, metrics.hpp and reexport.hpp (llama-server's series under Ray's names) for the contracts.
 #pragma once
 
 #include "ray/telemetry/logger.hpp"
 #include "ray/telemetry/metrics.hpp"
+#include "ray/telemetry/reexport.hpp"
 
 #include <boost/json/value.hpp>
 
