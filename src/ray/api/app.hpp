@@ -10,6 +10,10 @@
 #include <chrono>
 #include <memory>
 
+namespace ray::backend {
+class supervisor;
+}
+
 namespace ray::api {
 
 enum class route_id : std::uint8_t {
@@ -50,6 +54,7 @@ struct app {
   backend::backend& backend;
   runtime::runtime& rt;
   http::server* server{nullptr};
+  backend::supervisor* supervisor{nullptr};  // when Ray runs llama-server itself
   std::atomic<bool> shutting_down{false};
   std::chrono::steady_clock::time_point started{std::chrono::steady_clock::now()};
   std::unique_ptr<telemetry::rejection_summarizer> rejections;

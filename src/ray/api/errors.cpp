@@ -133,8 +133,8 @@ http::response error_response(ray::error const& err, envelope env) {
   if (st == 400 || st == 413) res.set("x-should-retry", "false");
   if (err.code == errc::unauthorized) res.set(http::field::www_authenticate, "Bearer realm=\"ray\"");
   if (auto ms = retry_after_ms(err)) {
-    // [1, 30] s (OpenAI SDKs ignore 60 s and more), except a rate limit: its window reset is a fact, and a client
-    // told 30 s for a window that ends in 50 would only be refused again.
+    // [1, 30] s (OpenAI SDKs ignore 60 s and more), except a rate limit: its window reset is a fact, and a
+    // client told 30 s for a window that ends in 50 would only be refused again.
     double const cap = err.code == errc::rate_limited ? 3'600'000.0 : 30'000.0;
     double clamped_ms = std::clamp(*ms, 1000.0, cap);
     auto secs = static_cast<long>(std::ceil(clamped_ms / 1000.0));

@@ -73,15 +73,16 @@ std::optional<ray::error> router::check_headers(http::request_header const& head
   if (route.id == route_id::none) return ray::error{errc::not_found, "no route for " + std::string(path)};
   if (!method_allowed(route.id, header.method())) {
     return ray::error{errc::method_not_allowed, std::string(header.method_string()) + " is not allowed on " +
-                                                    std::string(route.label) + "; allowed: " +
-                                                    std::string(route.allow)};
+                                                    std::string(route.label) +
+                                                    "; allowed: " + std::string(route.allow)};
   }
   if (header.method() == http::verb::options) return std::nullopt;  // CORS preflight carries no credentials
 
   // Auth before rate limiting, so rejected keys spend no quota (and before 100 Continue: the server calls us
   // before it reads or invites the body).
   auto& acc = app_.access;
-  bool const open_route = route.id == route_id::root || route.id == route_id::livez || route.id == route_id::readyz;
+  bool const open_route =
+      route.id == route_id::root || route.id == route_id::livez || route.id == route_id::readyz;
   std::optional<access::key_digest> who;
   if (acc.auth.enabled && !open_route) {
     std::string_view values[4];
@@ -94,7 +95,8 @@ std::optional<ray::error> router::check_headers(http::request_header const& head
       }
       values[n++] = f.value();
     }
-    auto token = access::bearer_token(std::span<std::string_view const>(values, std::min(n, std::size(values))));
+    auto token =
+        access::bearer_token(std::span<std::string_view const>(values, std::min(n, std::size(values))));
     if (token && n <= 1 && acc.keys) who = acc.keys->verify(*token);
     if (!who) return access::unauthorized();
   }
@@ -116,7 +118,8 @@ std::optional<ray::error> router::check_headers(http::request_header const& head
   }
 
   if (work && app_.shutting_down.load(std::memory_order_relaxed))
-    return ray::error{errc::shutting_down, "the gateway is shutting down; retry against another instance or later"};
+    return ray::error{errc::shutting_down,
+                      "the gateway is shutting down; retry against another instance or later"};
   return std::nullopt;
 }
 

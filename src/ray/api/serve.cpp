@@ -1,4 +1,5 @@
 #include "ray/api/app.hpp"
+#include "ray/backend/supervisor.hpp"
 #include "ray/system/system.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -43,15 +44,14 @@ bool is_loopback_host(std::string const& host) {
 
 // Startup refusals: features this build does not have are never silently ignored.
 std::optional<std::string> refuse_reason(config::config const& cfg) {
-  if (cfg.model.adapter.kind != config::adapter_kind::mock && cfg.model.adapter.base_url.rfind("https://", 0) == 0)
+  if (cfg.model.adapter.kind != config::adapter_kind::mock &&
+      cfg.model.adapter.base_url.rfind("https://", 0) == 0)
     return "model.adapter.baseUrl uses https, but Ray talks plain HTTP to its backend (keep the backend on "
            "loopback or a private network; TLS belongs to the reverse proxy in front of Ray)";
-  if (cfg.model.adapter.launch && cfg.model.adapter.launch->supervise)
-    return "model.adapter.launchProfile.supervise (--model-path) is not available in this build of Ray yet; start "
-           "llama-server yourself and attach with --backend-url";
   if (!is_loopback_host(cfg.server.host) && !cfg.auth.enabled && !cfg.server.allow_unauthenticated_public)
     return "server.host " + cfg.server.host +
-           " is not a loopback address and auth is disabled: anyone who can reach it could use the model. Enable "
+           " is not a loopback address and auth is disabled: anyone who can reach it could use the model. "
+           "Enable "
            "auth, bind 127.0.0.1 behind a reverse proxy, or set server.allowUnauthenticatedPublic "
            "(--allow-unauthenticated-public) to accept the risk";
   return std::nullopt;
@@ -72,7 +72,8 @@ result<access_state> make_access(config::config const& cfg) {
     if (!keys) return keys.error();
     acc.keys = std::make_shared<access::key_set const>(std::move(*keys));
   }
-  if (cfg.rate_limit.enabled) acc.limiter = std::make_unique<access::rate_limiter>(cfg.rate_limit, ray::system_clock());
+  if (cfg.rate_limit.enabled)
+    acc.limiter = std::make_unique<access::rate_limiter>(cfg.rate_limit, ray::system_clock());
   return acc;
 }
 
@@ -119,6 +120,15 @@ boost::asio::awaitable<void> shutdown_sequence(app& a, http::server& srv, boost:
   auto left = srv.stats().active_requests.load();
   srv.stop();
   a.backend.stop();
+  if (a.supervisor) {
+    // SIGTERM to llama-server's process group, SIGKILL after the supervisor's grace; wait for it.
+    bool stopped = false;
+    a.supervisor->stop([&stopped] { stopped = true; });
+    while (!stopped) {
+      t.expires_after(std::chrono::milliseconds(20));
+      co_await t.async_wait(use_tuple);
+    }
+  }
   a.log.info("shutdown complete", {{"cancelledRequests", left}});
   t.expires_after(std::chrono::milliseconds(5));
   co_await t.async_wait(use_tuple);
@@ -153,7 +163,8 @@ void reload(app& a, http::server& srv, std::function<result<config::loaded_confi
   if (!(old_cfg.model == new_cfg.model)) ignored.emplace_back("model");
   if (!(old_cfg.scheduler == new_cfg.scheduler)) ignored.emplace_back("scheduler");
   if (!(old_cfg.cache == new_cfg.cache)) ignored.emplace_back("cache");
-  if (!(old_cfg.graceful_degradation == new_cfg.graceful_degradation)) ignored.emplace_back("gracefulDegradation");
+  if (!(old_cfg.graceful_degradation == new_cfg.graceful_degradation))
+    ignored.emplace_back("gracefulDegradation");
   if (!(old_cfg.async_queue == new_cfg.async_queue)) ignored.emplace_back("asyncQueue");
   if (old_cfg.server.host != new_cfg.server.host || old_cfg.server.port != new_cfg.server.port ||
       old_cfg.server.threads != new_cfg.server.threads)
@@ -180,8 +191,13 @@ void reload(app& a, http::server& srv, std::function<result<config::loaded_confi
   live.telemetry.level = new_cfg.telemetry.level;
   live.telemetry.slow_request_threshold_ms = new_cfg.telemetry.slow_request_threshold_ms;
   boost::json::object f{{"changed", std::move(changed)}, {"needsRestart", std::move(ignored)}};
-  for (auto& [k, v] : access_summary(a.access)) f[k] = v;
+  for (auto& [k, v] : access_summary(a.access))
+    f[k] = v;
   a.log.info("configuration reloaded", std::move(f));
+  if (a.supervisor && a.backend.current_state() == backend::state::failed) {
+    a.log.info("SIGHUP: retrying the supervised backend that had failed");
+    a.supervisor->reset();
+  }
 }
 
 boost::asio::awaitable<void> signal_loop(app& a, http::server& srv, boost::asio::io_context& ioc,
@@ -248,7 +264,22 @@ int serve(config::loaded_config loaded, serve_options opts) {
   sampler_opts.root = opts.system_root;
   system::sampler sampler(sampler_opts);
   runtime::runtime rt(ioc.get_executor(), cfg, *be, metrics, log, &sampler);
+
+  // A supervised llama-server (--model-path / launchProfile.supervise): the supervisor owns the process, the
+  // adapter owns the HTTP view; they meet through set_process_state / on_answering.
+  std::unique_ptr<backend::supervisor> sup;
+  if (cfg.model.adapter.kind == config::adapter_kind::llama_cpp && cfg.model.adapter.launch &&
+      cfg.model.adapter.launch->supervise) {
+    sup = std::make_unique<backend::supervisor>(
+        ioc.get_executor(), backend::supervisor_options_for(*cfg.model.adapter.launch), log);
+    sup->on_state([&be, &sampler, s = sup.get()](backend::state st, std::string const& reason) {
+      sampler.set_backend_pid(s->pid() ? std::optional<int>(*s->pid()) : std::nullopt);
+      be->set_process_state(st, reason);
+    });
+    be->on_answering([s = sup.get()] { return s->mark_ready(); });
+  }
   app a{loaded, log, metrics, *be, rt};
+  a.supervisor = sup.get();
   a.rejections = std::make_unique<telemetry::rejection_summarizer>(log);
   a.access = std::move(*acc);
   router r(a);
@@ -266,6 +297,7 @@ int serve(config::loaded_config loaded, serve_options opts) {
   boost::asio::signal_set signals(ioc, SIGINT, SIGTERM, SIGHUP);
   srv.start();
   be->start();
+  if (sup) sup->start();
   std::string host = ep->address().to_string();
   std::string url_host = ep->address().is_v6() ? "[" + host + "]" : host;
   log.info("gateway listening", {{"host", host},
@@ -278,7 +310,8 @@ int serve(config::loaded_config loaded, serve_options opts) {
                                  {"largestPromptTokens", rt.context_window() - 1},
                                  {"threads", a.cfg().server.threads}});
 
-  boost::asio::co_spawn(ioc, signal_loop(a, srv, ioc, signals, std::move(opts.reload)), boost::asio::detached);
+  boost::asio::co_spawn(ioc, signal_loop(a, srv, ioc, signals, std::move(opts.reload)),
+                        boost::asio::detached);
   boost::asio::co_spawn(ioc, summary_ticker(a, ioc), boost::asio::detached);
   log.info("access control", access_summary(a.access));
 

@@ -113,6 +113,16 @@ class backend {
   // Called (on the backend's executor) when a restart of the backend was detected: the served model may have
   // changed, so cached results of the old one must go.
   virtual void on_restart(std::function<void()> fn) { (void)fn; }
+  // A supervisor (backends.md) reports the process's side of the state: starting (spawned, not answering
+  // yet), restarting (exited, respawn scheduled), failed (gave up). While one of these holds, a refused
+  // connection means exactly that state, not `unreachable`; `failed` holds until the supervisor reports
+  // starting again.
+  virtual void set_process_state(state s, std::string const& reason) {
+    (void)s;
+    (void)reason;
+  }
+  // Called once on the first /health 200 after a `starting` report; returns the measured load time in ms.
+  virtual void on_answering(std::function<std::optional<double>()> fn) { (void)fn; }
   // Attach / warm up in the background (returns at once). stop() ends background work.
   virtual void start() = 0;
   virtual void stop() = 0;

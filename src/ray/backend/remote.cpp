@@ -115,6 +115,17 @@ class remote_backend final : public backend {
     return d;
   }
   void set_warmup(warmup_fn fn) override { warmup_ = std::move(fn); }
+  void set_process_state(state s, std::string const& reason) override {
+    process_state_ = s;
+    if (s == state::starting) {
+      awaiting_first_answer_ = true;
+      load_started_ = steady::now();
+    }
+    set_state(s, reason);
+    if (s == state::failed) details_.last_error = reason;
+    probe_now();
+  }
+  void on_answering(std::function<std::optional<double>()> fn) override { on_answering_ = std::move(fn); }
   void on_restart(std::function<void()> fn) override { on_restart_ = std::move(fn); }
   std::uint64_t requests_total() const noexcept override { return requests_; }
 
@@ -217,6 +228,9 @@ class remote_backend final : public backend {
   warmup_fn warmup_{};
   std::function<void()> on_restart_{};
   std::optional<steady::time_point> load_started_{};
+  std::optional<state> process_state_{};  // set by a supervisor: starting | restarting | failed
+  bool awaiting_first_answer_{false};
+  std::function<std::optional<double>()> on_answering_{};
   std::uint64_t requests_{0};
   bool started_{false};
   bool stopped_{false};
@@ -227,11 +241,14 @@ class remote_backend final : public backend {
 };
 
 asio::awaitable<bool> remote_backend::read_props() {
-  auto r = co_await client_.send({http::verb::get,
-                                  path("/props"),
-                                  {},
-                                  request_headers(),
-                                  std::chrono::milliseconds(cfg_.model.adapter.health_timeout_ms)});
+  // Named, not a braced temporary inside co_await: GCC 12 copies such aggregate temporaries into the frame
+  // bitwise (a short std::string then points at the old storage).
+  http::client_request const req{http::verb::get,
+                                 path("/props"),
+                                 {},
+                                 request_headers(),
+                                 std::chrono::milliseconds(cfg_.model.adapter.health_timeout_ms)};
+  auto r = co_await client_.send(req);
   if (!r || r->status != 200) co_return false;
   boost::system::error_code ec;
   auto v = json::parse(r->body, ec);
@@ -274,19 +291,26 @@ asio::awaitable<bool> remote_backend::read_props() {
 asio::awaitable<bool> remote_backend::probe_once() {
   auto const& a = cfg_.model.adapter;
   auto const t0 = steady::now();
-  auto r = co_await client_.send({http::verb::get,
-                                  path(llama_ ? "/health" : "/v1/models"),
-                                  {},
-                                  request_headers(),
-                                  std::chrono::milliseconds(a.health_timeout_ms)});
+  http::client_request const req{http::verb::get,
+                                 path(llama_ ? "/health" : "/v1/models"),
+                                 {},
+                                 request_headers(),
+                                 std::chrono::milliseconds(a.health_timeout_ms)};
+  auto r = co_await client_.send(req);
   details_.probe_latency_ms = std::chrono::duration<double, std::milli>(steady::now() - t0).count();
   details_.checked_at = format_timestamp(std::chrono::system_clock::now());
   if (!r) {
     client_.reset_pool();
     last_refused_ = true;
+    // A supervised process that is starting, restarting or given up is exactly that, not "unreachable".
+    if (process_state_) {
+      set_state(*process_state_, r.error().message);
+      co_return false;
+    }
     set_state(state::unreachable, r.error().message);
     co_return false;
   }
+  if (process_state_ == state::failed) co_return false;
   if (r->status == 503) {
     if (!load_started_) load_started_ = steady::now();
     set_state(state::loading, "backend answers 503 while loading the model");
@@ -301,6 +325,15 @@ asio::awaitable<bool> remote_backend::probe_once() {
               "health answered " + std::to_string(r->status) + ": " + excerpt(r->body, 120));
     co_return false;
   }
+  if (awaiting_first_answer_) {
+    awaiting_first_answer_ = false;
+    process_state_.reset();
+    if (on_answering_) {
+      if (auto ms = on_answering_()) details_.load_ms = *ms;
+    }
+    load_started_.reset();
+  }
+  process_state_.reset();
   bool restarted = false;
   if (llama_) restarted = co_await read_props();
   if (restarted && is_serving(state_)) set_state(state::warming, "backend restarted");
@@ -409,8 +442,9 @@ asio::awaitable<result<generation_result>> remote_backend::generate(generation_r
   ++requests_;
   auto const started = steady::now();
   auto const timeout = std::chrono::milliseconds(a.timeout_ms);
-  auto stream = co_await client_.open(
-      {http::verb::post, path("/v1/chat/completions"), json::serialize(body), request_headers(), timeout});
+  http::client_request const call{http::verb::post, path("/v1/chat/completions"), json::serialize(body),
+                                  request_headers(), timeout};
+  auto stream = co_await client_.open(call);
   if (!stream) {
     if (stream.error().code == errc::provider_request_failed) probe_now();
     co_return stream.error();

@@ -262,94 +262,113 @@ asio::awaitable<result<tcp::socket>> client::acquire(bool& reused, steady::time_
       continue;
     }
     reused = true;
-    co_return std::move(s);
+    co_return result<tcp::socket>(std::move(s));
   }
   reused = false;
+  std::string const where = host_ + ":" + std::to_string(port_);
+  auto const connect_deadline =
+      std::min(deadline, steady::now() + std::chrono::milliseconds(opts_.connect_timeout_ms));
   tcp::socket sock(ex_);
   boost::system::error_code ec;
   auto addr = asio::ip::make_address(host_, ec);
-  auto connect_deadline =
-      std::min(deadline, steady::now() + std::chrono::milliseconds(opts_.connect_timeout_ms));
+  boost::system::error_code cec;
+  bool timed_out = false;
   if (!ec) {
     auto r =
         co_await with_deadline(sock.async_connect(tcp::endpoint(addr, port_), use_tuple), connect_deadline);
-    if (!r) co_return timeout_error("connecting to " + host_ + ":" + std::to_string(port_));
-    if (auto [cec] = *r; cec) co_return io_error("connecting to " + host_ + ":" + std::to_string(port_), cec);
+    timed_out = !r.has_value();
+    if (r) cec = std::get<0>(*r);
   } else {
     tcp::resolver resolver(ex_);
     auto rr = co_await with_deadline(resolver.async_resolve(host_, std::to_string(port_), use_tuple),
                                      connect_deadline);
-    if (!rr) co_return timeout_error("resolving " + host_);
-    auto [rec, results] = *rr;
-    if (rec) co_return io_error("resolving " + host_, rec);
+    if (!rr) co_return result<tcp::socket>(timeout_error("resolving " + host_));
+    if (std::get<0>(*rr)) co_return result<tcp::socket>(io_error("resolving " + host_, std::get<0>(*rr)));
+    auto results = std::get<1>(*rr);
     auto cr = co_await with_deadline(asio::async_connect(sock, results, use_tuple), connect_deadline);
-    if (!cr) co_return timeout_error("connecting to " + host_ + ":" + std::to_string(port_));
-    if (auto [cec, ep] = *cr; cec)
-      co_return io_error("connecting to " + host_ + ":" + std::to_string(port_), cec);
+    timed_out = !cr.has_value();
+    if (cr) cec = std::get<0>(*cr);
   }
+  if (timed_out) co_return result<tcp::socket>(timeout_error("connecting to " + where));
+  if (cec) co_return result<tcp::socket>(io_error("connecting to " + where, cec));
   sock.set_option(tcp::no_delay(true), ec);
-  co_return std::move(sock);
+  co_return result<tcp::socket>(std::move(sock));
 }
 
-asio::awaitable<result<std::unique_ptr<response_stream>>> client::open(client_request req) {
-  auto const deadline = steady::now() + req.timeout;
-  beast::http::request<beast::http::string_body> msg{req.method, req.target, 11};
-  msg.set(field::host, host_ + ":" + std::to_string(port_));
-  msg.set(field::user_agent, "ray/" RAY_VERSION);
-  msg.set(field::accept, "application/json, text/event-stream");
-  if (!req.body.empty()) msg.set(field::content_type, "application/json");
-  for (auto const& [k, v] : req.headers)
-    msg.set(k, v);
-  msg.body() = std::move(req.body);
-  msg.keep_alive(true);
-  msg.prepare_payload();
+// One try on one connection. `retryable` is set when a reused connection died before any response byte.
+asio::awaitable<result<std::unique_ptr<response_stream>>> client::attempt(
+    beast::http::request<beast::http::string_body> const& msg, steady::time_point deadline, bool& retryable) {
+  using out_t = result<std::unique_ptr<response_stream>>;
+  retryable = false;
+  bool reused = false;
+  auto sock = co_await acquire(reused, deadline);
+  if (!sock) co_return out_t(sock.error());
+  auto st = std::make_unique<response_stream::state>(std::move(*sock));
+  st->owner = this;
+  st->owner_alive = alive_;
+  st->max_body = opts_.max_response_bytes;
+  st->parser.body_limit(boost::none);
+  st->parser.header_limit(64 * 1024);
 
-  // One retry when a pooled connection turns out to be dead before any response byte arrived.
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    bool reused = false;
-    auto sock = co_await acquire(reused, deadline);
-    if (!sock) co_return sock.error();
-    auto st = std::make_unique<response_stream::state>(std::move(*sock));
-    st->owner = this;
-    st->owner_alive = alive_;
-    st->max_body = opts_.max_response_bytes;
-    st->parser.body_limit(boost::none);
-    st->parser.header_limit(64 * 1024);
-
-    auto wr = co_await with_deadline(beast::http::async_write(st->socket, msg, use_tuple), deadline);
-    if (!wr) co_return timeout_error("sending the request to the backend");
-    if (auto [wec, wn] = *wr; wec) {
-      if (reused) continue;
-      co_return io_error("sending the request to the backend", wec);
-    }
-    auto rr = co_await with_deadline(
-        beast::http::async_read_header(st->socket, st->buffer, st->parser, use_tuple), deadline);
-    if (!rr) {
-      boost::system::error_code ec;
-      st->socket.close(ec);
-      co_return timeout_error("waiting for the backend's response headers");
-    }
-    if (auto [hec, hn] = *rr; hec) {
-      if (reused && (hec == beast::http::error::end_of_stream || hec == asio::error::connection_reset ||
-                     hec == asio::error::eof))
-        continue;
-      co_return io_error("reading the backend's response headers", hec);
-    }
-    auto const& h = st->parser.get();
-    for (auto const& f : h)
-      st->headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
-    unsigned status = h.result_int();
-    auto stream = std::unique_ptr<response_stream>(new response_stream(std::move(st)));
-    stream->status_ = status;
-    stream->sse_ = sse_parser(opts_.max_event_bytes);
-    co_return std::move(stream);
+  auto wr = co_await with_deadline(beast::http::async_write(st->socket, msg, use_tuple), deadline);
+  if (!wr) co_return out_t(timeout_error("sending the request to the backend"));
+  boost::system::error_code const wec = std::get<0>(*wr);
+  if (wec) {
+    retryable = reused;
+    co_return out_t(io_error("sending the request to the backend", wec));
   }
-  co_return ray::error{errc::provider_request_failed, "the backend closed the connection before answering"};
+  auto rr = co_await with_deadline(
+      beast::http::async_read_header(st->socket, st->buffer, st->parser, use_tuple), deadline);
+  if (!rr) {
+    boost::system::error_code ignored;
+    st->socket.close(ignored);
+    co_return out_t(timeout_error("waiting for the backend's response headers"));
+  }
+  boost::system::error_code const hec = std::get<0>(*rr);
+  if (hec) {
+    retryable = reused && (hec == beast::http::error::end_of_stream || hec == asio::error::connection_reset ||
+                           hec == asio::error::eof);
+    co_return out_t(io_error("reading the backend's response headers", hec));
+  }
+  auto const& h = st->parser.get();
+  for (auto const& f : h)
+    st->headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
+  unsigned const status = h.result_int();
+  auto stream = std::unique_ptr<response_stream>(new response_stream(std::move(st)));
+  stream->status_ = status;
+  stream->sse_ = sse_parser(opts_.max_event_bytes);
+  co_return out_t(std::move(stream));
 }
 
-asio::awaitable<result<client_response>> client::send(client_request req) {
+std::unique_ptr<beast::http::request<beast::http::string_body>> client::make_request(
+    client_request const& req) const {
+  auto msg = std::make_unique<beast::http::request<beast::http::string_body>>(req.method, req.target, 11);
+  msg->set(field::host, host_ + ":" + std::to_string(port_));
+  msg->set(field::user_agent, "ray/" RAY_VERSION);
+  msg->set(field::accept, "application/json, text/event-stream");
+  if (!req.body.empty()) msg->set(field::content_type, "application/json");
+  for (auto const& h : req.headers)
+    msg->set(h.first, h.second);
+  msg->body() = req.body;
+  msg->keep_alive(true);
+  msg->prepare_payload();
+  return msg;
+}
+
+asio::awaitable<result<std::unique_ptr<response_stream>>> client::open(client_request const& req) {
   auto const deadline = steady::now() + req.timeout;
-  auto stream = co_await open(std::move(req));
+  auto msg = make_request(req);  // before the first suspension: `req` is the caller's
+  // One retry when a pooled connection turns out to be dead before any response byte arrived.
+  bool retryable = false;
+  auto first = co_await attempt(*msg, deadline, retryable);
+  if (first || !retryable) co_return first;
+  auto second = co_await attempt(*msg, deadline, retryable);
+  co_return second;
+}
+
+asio::awaitable<result<client_response>> client::send(client_request const& req) {
+  auto const deadline = steady::now() + req.timeout;
+  auto stream = co_await open(req);
   if (!stream) co_return stream.error();
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - steady::now());
   if (left.count() <= 0) left = std::chrono::milliseconds(1);

@@ -13,6 +13,7 @@
 #include <boost/beast/http/buffer_body.hpp>
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/string_body.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -118,9 +119,13 @@ class client {
 
   // Sends a request and reads the whole response (bounded). 3xx responses are returned as they are.
   // Errors: provider_request_failed (connect/IO), provider_timeout (deadline), provider_invalid_response.
-  boost::asio::awaitable<result<client_response>> send(client_request req);
+  //
+  // The request is taken by reference and copied before the first suspension: GCC 12 mis-copies a prvalue
+  // argument into a by-value coroutine parameter (a short std::string inside kept pointing at the caller's
+  // buffer). Callers co_await at once, so the argument outlives that copy.
+  boost::asio::awaitable<result<client_response>> send(client_request const& req);
   // Sends a request and reads the header section; the body is read through the stream.
-  boost::asio::awaitable<result<std::unique_ptr<response_stream>>> open(client_request req);
+  boost::asio::awaitable<result<std::unique_ptr<response_stream>>> open(client_request const& req);
 
   std::string const& host() const noexcept { return host_; }
   std::uint16_t port() const noexcept { return port_; }
@@ -133,6 +138,11 @@ class client {
   boost::asio::awaitable<result<tcp::socket>> acquire(bool& reused,
                                                       std::chrono::steady_clock::time_point deadline);
   void release(tcp::socket sock);
+  std::unique_ptr<beast::http::request<beast::http::string_body>> make_request(
+      client_request const& req) const;
+  boost::asio::awaitable<result<std::unique_ptr<response_stream>>> attempt(
+      beast::http::request<beast::http::string_body> const& msg,
+      std::chrono::steady_clock::time_point deadline, bool& retryable);
 
   boost::asio::any_io_executor ex_;
   std::string host_;

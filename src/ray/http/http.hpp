@@ -105,8 +105,9 @@ class handler {
   virtual ~handler() = default;
 
   // Called once the header section passed the framing checks and before any body byte is read or 100 Continue
-  // is sent: route and method checks (404/405), auth, rate limiting. Returning an error answers it at once (the
-  // body stays unread, so the connection closes). Headers added to `extra` go on every response to this request.
+  // is sent: route and method checks (404/405), auth, rate limiting. Returning an error answers it at once
+  // (the body stays unread, so the connection closes). Headers added to `extra` go on every response to this
+  // request.
   virtual std::optional<ray::error> check_headers(request_header const& header, std::string_view path,
                                                   tcp::endpoint const& peer, header_list& extra) = 0;
 

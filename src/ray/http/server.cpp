@@ -209,7 +209,8 @@ asio::awaitable<void> connection::watchdog(std::shared_ptr<connection> self) {
 asio::awaitable<bool> connection::write_response(response& res, bool head_only, bool close,
                                                  std::string const& request_id) {
   res.set("x-request-id", request_id);
-  for (auto const& [name, value] : extra_) res.set(name, value);
+  for (auto const& [name, value] : extra_)
+    res.set(name, value);
   res.keep_alive(!close);
   res.prepare_payload();
   set_deadline(srv_.limits_.write_timeout_ms);

@@ -408,7 +408,10 @@ runtime::runtime(asio::any_io_executor ex, config::config const& cfg, backend::b
     : impl_(std::make_unique<impl>(std::move(ex), cfg, be, metrics, log, sampler, clock)),
       cfg_(cfg),
       backend_(be) {
-  be.set_warmup([this]() -> asio::awaitable<bool> { co_return co_await impl_->warm_up(); });
+  be.set_warmup([this]() -> asio::awaitable<bool> {
+    bool ok = co_await impl_->warm_up();
+    co_return ok;
+  });
   be.on_restart([this] {
     auto dropped = impl_->cache.stats().entries;
     impl_->cache.clear();
