@@ -2,6 +2,7 @@
 // work.
 #include "ray/api/api.hpp"
 #include "ray/config/config.hpp"
+#include "ray/gguf/gguf.hpp"
 
 #include <CLI/CLI.hpp>
 #include <boost/json/serialize.hpp>
@@ -60,6 +61,15 @@ int main(int argc, char** argv) {
   std::string defaults_profile;
   defaults->add_option("PROFILE", defaults_profile, "Profile name")->required();
 
+  auto* gguf_cmd = app.add_subcommand("gguf", "Inspect GGUF model files");
+  gguf_cmd->require_subcommand(1);
+  auto* inspect =
+      gguf_cmd->add_subcommand("inspect", "Read a GGUF header (no tensors loaded); exit 1 on a bad file");
+  std::string gguf_file;
+  bool gguf_json = false;
+  inspect->add_option("FILE", gguf_file, "GGUF file")->required();
+  inspect->add_flag("--json", gguf_json, "Machine-readable output");
+
   auto* version = app.add_subcommand("version", "Print the version");
 
   try {
@@ -68,6 +78,7 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;
   }
 
+  if (*inspect) return ray::gguf::inspect_command(gguf_file, gguf_json, std::cout, std::cerr);
   if (*version) {
     std::printf("ray %s\n", RAY_VERSION);
     return 0;

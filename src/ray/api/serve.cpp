@@ -103,6 +103,7 @@ http::limits limits_from(config::server_config const& s) {
   l.keep_alive_timeout_ms = s.keep_alive_timeout_ms;
   l.write_timeout_ms = std::max(s.body_timeout_ms, 1000u);
   l.max_requests_per_connection = s.max_requests_per_connection;
+  l.threads = s.threads;
   return l;
 }
 
@@ -264,6 +265,9 @@ int serve(config::loaded_config loaded, serve_options opts) {
   sampler_opts.root = opts.system_root;
   system::sampler sampler(sampler_opts);
   runtime::runtime rt(ioc.get_executor(), cfg, *be, metrics, log, &sampler);
+  telemetry::metrics_cache backend_metrics;
+  metrics.add_text_source([&backend_metrics](std::string& out) { backend_metrics.append_to(out); });
+  be->set_metrics_cache(&backend_metrics);
 
   // A supervised llama-server (--model-path / launchProfile.supervise): the supervisor owns the process, the
   // adapter owns the HTTP view; they meet through set_process_state / on_answering.

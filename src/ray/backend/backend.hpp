@@ -121,6 +121,9 @@ class backend {
     (void)s;
     (void)reason;
   }
+  // Where llama-server's own /metrics (re-exported as ray_backend_llamacpp_*) is kept; fetched in the
+  // background about every second while the backend serves, so a slow backend never delays Ray's /metrics.
+  virtual void set_metrics_cache(telemetry::metrics_cache* cache) { (void)cache; }
   // Called once on the first /health 200 after a `starting` report; returns the measured load time in ms.
   virtual void on_answering(std::function<std::optional<double>()> fn) { (void)fn; }
   // Attach / warm up in the background (returns at once). stop() ends background work.

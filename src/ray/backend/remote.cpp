@@ -85,7 +85,8 @@ class remote_backend final : public backend {
         llama_(cfg.model.adapter.kind == config::adapter_kind::llama_cpp),
         base_(parse_base(cfg.model.adapter.base_url)),
         client_(ex, base_.host, base_.port),
-        wake_(ex) {
+        wake_(ex),
+        metrics_client_(ex, base_.host, base_.port) {
     auto const& a = cfg.model.adapter;
     desc_.model_id = cfg.model.id;
     desc_.kind = std::string(config::adapter_kind_name(a.kind));
@@ -126,6 +127,7 @@ class remote_backend final : public backend {
     probe_now();
   }
   void on_answering(std::function<std::optional<double>()> fn) override { on_answering_ = std::move(fn); }
+  void set_metrics_cache(telemetry::metrics_cache* cache) override { metrics_ = cache; }
   void on_restart(std::function<void()> fn) override { on_restart_ = std::move(fn); }
   std::uint64_t requests_total() const noexcept override { return requests_; }
 
@@ -133,6 +135,7 @@ class remote_backend final : public backend {
     if (started_) return;
     started_ = true;
     asio::co_spawn(ex_, health_loop(), asio::detached);
+    if (llama_ && metrics_) asio::co_spawn(ex_, metrics_loop(), asio::detached);
   }
   void stop() override {
     stopped_ = true;
@@ -207,6 +210,7 @@ class remote_backend final : public backend {
   }
 
   asio::awaitable<void> health_loop();
+  asio::awaitable<void> metrics_loop();
   asio::awaitable<bool> probe_once();
   asio::awaitable<bool> read_props();
   ray::error map_status(unsigned status, std::string const& body);
@@ -231,6 +235,8 @@ class remote_backend final : public backend {
   std::optional<state> process_state_{};  // set by a supervisor: starting | restarting | failed
   bool awaiting_first_answer_{false};
   std::function<std::optional<double>()> on_answering_{};
+  telemetry::metrics_cache* metrics_{nullptr};
+  http::client metrics_client_;  // its own connection: a slow /metrics never holds up a probe
   std::uint64_t requests_{0};
   bool started_{false};
   bool stopped_{false};
@@ -369,6 +375,31 @@ asio::awaitable<void> remote_backend::health_loop() {
     std::uint32_t wait = warmup_backoff_ms_ ? warmup_backoff_ms_ : cfg_.model.adapter.health_interval_ms;
     wake_.expires_after(std::chrono::milliseconds(wait));
     co_await wake_.async_wait(use_tuple);
+  }
+}
+
+// llama-server's /metrics (with --metrics), re-exported; at most one fetch in flight, about every second; the
+// registry serves the last copy meanwhile. Without --metrics (501/404) nothing is served.
+asio::awaitable<void> remote_backend::metrics_loop() {
+  asio::steady_timer timer(ex_);
+  while (!stopped_) {
+    if (is_serving(state_)) {
+      http::client_request const req{http::verb::get,
+                                     path("/metrics"),
+                                     {},
+                                     request_headers(),
+                                     std::chrono::milliseconds(cfg_.model.adapter.health_timeout_ms)};
+      auto r = co_await metrics_client_.send(req);
+      if (r && r->status == 200) {
+        metrics_->store(telemetry::reexport_llamacpp(r->body), ray::system_clock().now());
+      } else {
+        metrics_->clear();
+      }
+    } else {
+      metrics_->clear();
+    }
+    timer.expires_after(std::chrono::seconds(1));
+    co_await timer.async_wait(use_tuple);
   }
 }
 

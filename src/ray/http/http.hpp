@@ -50,6 +50,8 @@ struct limits {
   std::uint32_t keep_alive_timeout_ms{75'000};
   std::uint32_t write_timeout_ms{30'000};  // a client that does not read its response is dropped
   std::uint32_t max_requests_per_connection{1000};
+  // Threads running the io_context: with one, connections share its executor (no strand to lock and copy).
+  std::uint32_t threads{1};
 };
 
 class connection;

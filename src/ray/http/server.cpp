@@ -564,7 +564,10 @@ asio::awaitable<void> server::accept_loop() {
   {
     auto& im = *self.impl_;
     for (;;) {
-      auto [ec, sock] = co_await im.acceptor.async_accept(asio::make_strand(im.ioc), use_tuple);
+      asio::any_io_executor conn_ex = self.limits_.threads > 1
+                                          ? asio::any_io_executor(asio::make_strand(im.ioc))
+                                          : asio::any_io_executor(im.ioc.get_executor());
+      auto [ec, sock] = co_await im.acceptor.async_accept(conn_ex, use_tuple);
       if (ec) {
         if (!im.acceptor.is_open() || im.stopped) break;
         if (ec == asio::error::operation_aborted) break;

@@ -75,6 +75,8 @@ struct logger::sink {
   std::uint64_t accepted{0};  // lines pushed, ever
   std::uint64_t written{0};   // lines taken off the queue and written (or failed), ever
   bool writer_idle{false};
+  std::size_t flush_waiters{0};  // threads in flush(): the writer skips its linger
+  static constexpr std::chrono::milliseconds linger{2};
   bool stopping{false};
   std::thread writer;
 
@@ -127,7 +129,10 @@ struct logger::sink {
     }
     std::unique_lock lk(mutex);
     auto target = accepted;
+    ++flush_waiters;
+    wake.notify_one();
     drained.wait(lk, [&] { return written >= target; });
+    --flush_waiters;
   }
 
   void run() {
@@ -141,6 +146,10 @@ struct logger::sink {
         }
         writer_idle = true;
         wake.wait(lk, [&] { return !queue.empty() || stopping; });
+        // Linger briefly: under load a burst of lines becomes one wake-up and one write() instead of one per
+        // line (measured: ~20 % of a busy gateway's CPU went to per-line wake-ups). Stop and flush() cut it
+        // short.
+        wake.wait_for(lk, linger, [&] { return stopping || flush_waiters > 0; });
         continue;
       }
       batch.swap(queue);
