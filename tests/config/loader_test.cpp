@@ -515,3 +515,27 @@ TEST(Loader, ReferencedEnvNamesAreTheSecretVariablesOfTheConfig) {
 }
 
 }  // namespace
+
+namespace {
+TEST(LoaderBackendUrl, AttachingMovesTheFilesLaunchProfileToTheAttachedPort) {
+  ray::config::flag_overrides flags;
+  flags.backend_url = "http://127.0.0.1:18999";
+  auto r = ray::config::load_from_text(
+      R"({"profile":"sub1b","model":{"adapter":{"kind":"llama.cpp","baseUrl":"http://127.0.0.1:8081",
+          "launchProfile":{"host":"127.0.0.1","port":8081,"ctxSize":3072,"parallel":2}}}})",
+      {}, flags);
+  ASSERT_TRUE(r) << r.error().message;
+  ASSERT_TRUE(r->cfg.model.adapter.launch.has_value());
+  EXPECT_EQ(r->cfg.model.adapter.launch->port, 18999u);
+  EXPECT_EQ(r->cfg.model.adapter.launch->ctx_size, 3072u);
+  EXPECT_EQ(r->sources.at("model.adapter.launchProfile.port"), "flag:--backend-url");
+}
+
+TEST(LoaderBackendUrl, AttachingToANonLoopbackServerDropsTheLaunchProfile) {
+  ray::config::flag_overrides flags;
+  flags.backend_url = "http://10.0.0.5:8080";
+  auto r = ray::config::load_from_text(R"({"profile":"sub1b"})", {}, flags);
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_FALSE(r->cfg.model.adapter.launch.has_value());
+}
+}  // namespace

@@ -82,7 +82,8 @@ class router final : public http::handler {
   http::response metrics(http::request const& req) const;
   void add_cors(http::request_header const& header, http::response& res) const;
   void record(route_info const& route, unsigned status, std::chrono::steady_clock::time_point started,
-              std::string const& request_id, std::string_view error_code);
+              std::string const& request_id, std::string_view error_code,
+              runtime::infer_result const* result = nullptr);
 
   app& app_;
   telemetry::counter_family requests_;

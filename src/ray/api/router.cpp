@@ -160,18 +160,27 @@ void router::add_cors(http::request_header const& header, http::response& res) c
 }
 
 void router::record(route_info const& route, unsigned status, std::chrono::steady_clock::time_point started,
-                    std::string const& request_id, std::string_view error_code) {
+                    std::string const& request_id, std::string_view error_code,
+                    runtime::infer_result const* r) {
   auto elapsed = std::chrono::steady_clock::now() - started;
   requests_.with({route.label, std::to_string(status)}).inc();
   durations_.with({route.label}).observe(elapsed);
-  auto lvl = is_probe(route.id) ? telemetry::level::debug : telemetry::level::info;
+  double const ms = std::chrono::duration<double, std::milli>(elapsed).count();
+  bool const slow = !is_probe(route.id) && ms > app_.cfg().telemetry.slow_request_threshold_ms;
+  auto lvl =
+      is_probe(route.id) ? telemetry::level::debug : (slow ? telemetry::level::warn : telemetry::level::info);
   if (!app_.log.enabled(lvl)) return;
-  boost::json::object f{{"requestId", request_id},
-                        {"route", route.label},
-                        {"status", status},
-                        {"durationMs", std::chrono::duration<double, std::milli>(elapsed).count()}};
+  boost::json::object f{
+      {"requestId", request_id}, {"route", route.label}, {"status", status}, {"durationMs", ms}};
+  if (r) {
+    f["queueMs"] = r->queue_ms;
+    f["cached"] = r->cached;
+    f["deduplicated"] = r->deduplicated;
+    f["degraded"] = r->degradation.applied;
+  }
   if (!error_code.empty()) f["errorCode"] = error_code;
-  app_.log.log(lvl, "request completed", std::move(f));
+  if (slow) f["slowRequestThresholdMs"] = app_.cfg().telemetry.slow_request_threshold_ms;
+  app_.log.log(lvl, slow ? "slow request" : "request completed", std::move(f));
 }
 
 http::response router::readyz() const {
@@ -406,6 +415,8 @@ boost::asio::awaitable<void> router::handle_infer(http::exchange& ex) {
   auto decoded = decode_infer_request(ex.req().body(), app_.cfg());
   http::response res;
   std::string_view error_code;
+  std::optional<result<runtime::infer_result>> held;  // outlives the response for the request log line
+  runtime::infer_result const* result_for_log = nullptr;
   if (!decoded) {
     error_code = code_name(decoded.error().code);
     res = api::error_response(decoded.error());
@@ -420,7 +431,8 @@ boost::asio::awaitable<void> router::handle_infer(http::exchange& ex) {
       record(route, 499, ex.received_at(), ex.request_id(), "client_closed_request");
       co_return;
     }
-    auto& r = std::get<1>(outcome);
+    held = std::move(std::get<1>(outcome));
+    auto& r = *held;
     if (!r) {
       error_code = code_name(r.error().code);
       res = api::error_response(r.error());
@@ -428,13 +440,14 @@ boost::asio::awaitable<void> router::handle_infer(http::exchange& ex) {
     } else {
       res = json_response(http::status::ok,
                           render_infer_response(*r, ex.request_id(), std::chrono::system_clock::now()));
+      result_for_log = &*r;
       if (r->degradation.applied) res.set("x-ray-degraded", "true");
     }
   }
   add_cors(ex.req().base(), res);
   unsigned status = static_cast<unsigned>(res.result());
   co_await ex.respond(std::move(res));
-  record(route, status, ex.received_at(), ex.request_id(), error_code);
+  record(route, status, ex.received_at(), ex.request_id(), error_code, result_for_log);
 }
 
 }  // namespace ray::api

@@ -348,6 +348,22 @@ result<loaded_config> load_document(document const& doc, env_map const& env, fla
     json::object adapter{{"kind", "llama.cpp"}, {"baseUrl", *flags.backend_url}};
     if (auto e = apply(cfg, sources, "flag:--backend-url", nest("model.adapter", std::move(adapter))))
       return *e;
+    // Attaching wins over the file's launch profile: it keeps describing the server's ctx/slots (budgets),
+    // but now at the attached address; a non-loopback server is not one Ray could have launched, so it is
+    // dropped.
+    auto& a = cfg.model.adapter;
+    if (a.launch && !flags.model_path) {
+      auto r = boost::urls::parse_uri(a.base_url);
+      if (r && is_loopback_host(r->host_address())) {
+        a.launch->host = std::string(r->host_address());
+        a.launch->port = r->has_port() ? r->port_number() : 80;
+        sources["model.adapter.launchProfile.host"] = "flag:--backend-url";
+        sources["model.adapter.launchProfile.port"] = "flag:--backend-url";
+      } else {
+        a.launch.reset();
+        sources["model.adapter.launchProfile"] = "flag:--backend-url";
+      }
+    }
   }
   if (flags.model_path) {
     std::string const src = "flag:--model-path";
