@@ -304,6 +304,9 @@ int serve(config::loaded_config loaded, serve_options opts) {
   if (sup) sup->start();
   std::string host = ep->address().to_string();
   std::string url_host = ep->address().is_v6() ? "[" + host + "]" : host;
+  // The listening line is written whatever the log level: with --port 0 it is how anyone learns the port.
+  auto const configured_level = log.min_level();
+  if (configured_level > telemetry::level::info) log.set_level(telemetry::level::info);
   log.info("gateway listening", {{"host", host},
                                  {"port", ep->port()},
                                  {"url", "http://" + url_host + ":" + std::to_string(ep->port())},
@@ -313,6 +316,7 @@ int serve(config::loaded_config loaded, serve_options opts) {
                                  {"providerStatus", backend::state_name(be->current_state())},
                                  {"largestPromptTokens", rt.context_window() - 1},
                                  {"threads", a.cfg().server.threads}});
+  log.set_level(configured_level);
 
   boost::asio::co_spawn(ioc, signal_loop(a, srv, ioc, signals, std::move(opts.reload)),
                         boost::asio::detached);
