@@ -202,5 +202,51 @@ TEST(Auth, ForwardedForIsIgnoredFromAPublicPeerButUsedBehindALoopbackProxy) {
   EXPECT_EQ(send_one(s, infer("X-Forwarded-For: 198.51.100.9, 10.0.0.2\r\n")).status, 200);
 }
 
+TEST(Auth, ThePublicTypeScriptEraConfigEnforcesAuthAgainstALlamaServer) {
+  rt::ray_process fake(
+      rt::spawn_options{.binary = FAKE_LLAMA_SERVER, .args = {"--port", "0", "-c", "2048", "-np", "2"}});
+  auto line =
+      fake.wait_for_log([](std::string_view l) { return l.rfind("listening ", 0) == 0; }, rt::in(kIo));
+  ASSERT_TRUE(line) << fake.output();
+  std::string const backend = "http://127.0.0.1:" + line->substr(std::string_view("listening ").size());
+  // The example file unchanged, attached to the double; its key comes from RAY_API_KEYS as the file says.
+  rt::temp_dir dir;
+  std::vector<std::string> args{
+      "serve",  "--config", std::string(RAY_SOURCE_DIR) + "/examples/config/ray.sub1b.public.json",
+      "--port", "0",        "--backend-url",
+      backend};
+  for (auto& a : empty_root())
+    args.push_back(a);
+  rt::ray_process ray(rt::spawn_options{.binary = RAY_BINARY,
+                                        .args = args,
+                                        .env = {{"RAY_API_KEYS", std::string(kKeyA)}},
+                                        .working_directory = dir.path()});
+  auto port = ray.wait_listening(rt::in(kIo));
+  ASSERT_TRUE(port) << ray.output();
+  // Wait for the backend to be ready (warm-up included).
+  auto ready = [&] {
+    rt::raw_client c(*port);
+    if (!c.send(get("/readyz"))) return false;
+    auto r = c.read_response(rt::in(kIo));
+    return r && r->status == 200;
+  };
+  auto until = rt::in(kIo);
+  while (!ready() && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(20ms);
+  ASSERT_TRUE(ready()) << ray.output();
+
+  auto ask = [&](std::string const& headers) {
+    rt::raw_client c(*port);
+    EXPECT_TRUE(c.send(infer(headers)));
+    return c.read_response(rt::in(kIo)).value_or(rt::http_response{});
+  };
+  EXPECT_TRUE(is_error(ask(""), 401, "unauthorized"));
+  EXPECT_TRUE(is_error(ask(bearer("not-the-key-0123456789")), 401, "unauthorized"));
+  auto ok = ask(bearer(kKeyA));
+  ASSERT_EQ(ok.status, 200) << ok.describe();
+  EXPECT_EQ(ok.header("x-ratelimit-limit").value_or(""), "120");
+  EXPECT_FALSE(rt::string_field(*json_body(ok), "output").empty());
+}
+
 }  // namespace
 }  // namespace ray::itest

@@ -187,7 +187,9 @@ class remote_backend final : public backend {
       if (!owned && unowned < 0) unowned = i;
     }
     int chosen = unowned >= 0 ? unowned : any;
-    if (chosen >= 0 && key != 0) {
+    // A family keeps its slot: borrowing another slot while its own is busy does not move it there (that
+    // would merge two families onto one slot for good).
+    if (chosen >= 0 && key != 0 && !affinity_.contains(key)) {
       if (affinity_.size() > 4096) affinity_.clear();
       affinity_[key] = chosen;
     }
@@ -243,6 +245,7 @@ class remote_backend final : public backend {
   bool ever_ready_{false};
   bool last_refused_{false};
   bool warmup_failed_{false};
+  bool props_unauthorized_{false};
   std::uint32_t warmup_backoff_ms_{0};
 };
 
@@ -255,6 +258,11 @@ asio::awaitable<bool> remote_backend::read_props() {
                                  request_headers(),
                                  std::chrono::milliseconds(cfg_.model.adapter.health_timeout_ms)};
   auto r = co_await client_.send(req);
+  if (r && (r->status == 401 || r->status == 403)) {
+    props_unauthorized_ = true;
+    co_return false;
+  }
+  props_unauthorized_ = false;
   if (!r || r->status != 200) co_return false;
   boost::system::error_code ec;
   auto v = json::parse(r->body, ec);
@@ -307,7 +315,9 @@ asio::awaitable<bool> remote_backend::probe_once() {
   details_.checked_at = format_timestamp(std::chrono::system_clock::now());
   if (!r) {
     client_.reset_pool();
-    last_refused_ = true;
+    // Refused (or reset) counts towards restart detection; a slow /health that timed out does not: the same
+    // process answering later is not a restart.
+    if (r.error().code != errc::provider_timeout) last_refused_ = true;
     // A supervised process that is starting, restarting or given up is exactly that, not "unreachable".
     if (process_state_) {
       set_state(*process_state_, r.error().message);
@@ -342,6 +352,11 @@ asio::awaitable<bool> remote_backend::probe_once() {
   process_state_.reset();
   bool restarted = false;
   if (llama_) restarted = co_await read_props();
+  if (props_unauthorized_) {
+    // /health needs no key, /props does: a rejected key shows here first, and must not pass for "ready".
+    set_state(state::misconfigured, "backend rejects Ray's credentials on /props (401/403)");
+    co_return false;
+  }
   if (restarted && is_serving(state_)) set_state(state::warming, "backend restarted");
   last_refused_ = false;
   if (is_serving(state_)) co_return true;

@@ -201,6 +201,7 @@ struct runtime::impl {
 
 void runtime::impl::refresh_limits() {
   auto d = be.describe();
+  desc.identity = d.identity;  // part of every cache key: a model swap must change them at once
   if (d.slots == desc.slots && d.kv_pool == desc.kv_pool && d.context_per_request == desc.context_per_request)
     return;
   desc = d;
