@@ -7,6 +7,11 @@
 // interval (1 / its tokens-per-second knob); everything else waits against generous deadlines.
 #include "http_test_util.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <csignal>
 #include <mutex>
 #include <thread>
@@ -861,6 +866,83 @@ TEST(Backend, AWrongApiKeyKeepsTheBackendMisconfigured) {
     ASSERT_EQ(rz.status, 503) << "providerStatus `" << rz.provider << "` with a rejected API key";
     std::this_thread::sleep_for(std::chrono::milliseconds(10));  // sampling /readyz over 3 intervals
   }
+}
+
+TEST(Backend, AnOpenAiCompatibleServerIsProbedOnModelsAndGetsTheBearerKey) {
+  fake_llama f({"-c", "2048", "-np", "2", "--api-key", "upstream-key-0123456789"});
+  ASSERT_TRUE(f.ok()) << f.output();
+  json::object a{{"kind", "openai-compatible"},
+                 {"baseUrl", f.url()},
+                 {"modelRef", "tiny-llama"},
+                 {"apiKeyEnv", "BACKEND_TEST_UPSTREAM_KEY"},
+                 {"healthIntervalMs", kHealthMs},
+                 {"healthTimeoutMs", 500},
+                 {"timeoutMs", 5000}};
+  json::object cfg{{"profile", "vps"},
+                   {"model", json::object{{"id", "small-model"}, {"adapter", a}}},
+                   {"rateLimit", json::object{{"enabled", false}}}};
+  ray_server s(cfg, no_host_pressure(), {{"BACKEND_TEST_UPSTREAM_KEY", "upstream-key-0123456789"}});
+  ASSERT_TRUE(s.wait_listening());
+  ASSERT_TRUE(eventually([&] { return readyz(s.port()).provider == "ready"; })) << s.output_tail();
+  auto r = infer(s.port(), infer_body("hello upstream"));
+  ASSERT_EQ(r.status, 200) << r.describe();
+  EXPECT_FALSE(rt::string_field(*json_body(r), "output").empty());
+  auto stats = f.stats();
+  auto body = last_body(stats);
+  EXPECT_EQ(rt::string_field(body, "model"), "tiny-llama");  // modelRef is what the upstream is asked for
+  EXPECT_FALSE(body.contains("id_slot"));                    // llama.cpp extras only for llama.cpp
+  EXPECT_GE(num(stats.at("requests").as_object(), "/v1/models"), 1);
+}
+
+std::uint16_t free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+TEST(Backend, ASupervisedLlamaServerThatCrashesIsRespawnedAndItsLoadTimeReported) {
+  auto const port = free_port();
+  std::string const url = "http://127.0.0.1:" + std::to_string(port);
+  json::object lp{{"host", "127.0.0.1"},
+                  {"port", port},
+                  {"ctxSize", 2048},
+                  {"parallel", 2},
+                  {"binaryPath", FAKE_LLAMA_SERVER},
+                  {"extraArgs", json::array{"--load-delay-ms", "300"}}};
+  json::object a{{"kind", "llama.cpp"},    {"baseUrl", url},    {"healthIntervalMs", kHealthMs},
+                 {"healthTimeoutMs", 500}, {"timeoutMs", 5000}, {"launchProfile", lp}};
+  json::object cfg{{"profile", "sub1b"},
+                   {"model", json::object{{"id", "tiny-llama"}, {"adapter", a}}},
+                   {"scheduler", json::object{{"maxInflightTokens", 2048}}},
+                   {"rateLimit", json::object{{"enabled", false}}}};
+  auto args = no_host_pressure();
+  args.push_back("--model-path");
+  args.push_back(std::string(RAY_TEST_FIXTURES) + "/models/tiny-llama-64x2.gguf");
+  ray_server s(cfg, args);
+  ASSERT_TRUE(s.wait_listening());
+  ASSERT_TRUE(eventually([&] { return readyz(s.port()).provider == "ready"; })) << s.output_tail();
+  auto d = provider_details(s.port());
+  ASSERT_TRUE(d.contains("loadMs") && d.at("loadMs").is_number()) << json::serialize(d);
+  EXPECT_GE(dnum(d.at("loadMs")), 300.0);  // the double's load delay, measured spawn -> first /health 200
+  EXPECT_EQ(infer(s.port(), infer_body("before the crash")).status, 200);
+
+  // Crash it: Ray reports restarting, respawns it after the back-off, and it is ready again.
+  roundtrip(port, post_json("/__control", R"({"crash_now":true})"));
+  ASSERT_TRUE(eventually([&] {
+    auto p = readyz(s.port()).provider;
+    return p == "restarting" || p == "starting" || p == "loading";
+  })) << s.output_tail();
+  ASSERT_TRUE(eventually([&] { return readyz(s.port()).provider == "ready"; }, 15s)) << s.output_tail();
+  EXPECT_EQ(infer(s.port(), infer_body("after the crash")).status, 200);
+  auto const log = s.output_tail(200000);
+  EXPECT_NE(log.find("\"to\":\"restarting\""), std::string::npos) << s.output_tail();
+  EXPECT_EQ(counter(s.port(), "ray_backend_restarts_total"), 1);
 }
 
 }  // namespace

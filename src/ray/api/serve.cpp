@@ -285,6 +285,11 @@ int serve(config::loaded_config loaded, serve_options opts) {
   app a{loaded, log, metrics, *be, rt};
   a.supervisor = sup.get();
   a.rejections = std::make_unique<telemetry::rejection_summarizer>(log);
+  metrics
+      .add_counter("ray_log_dropped_lines_total",
+                   "Log lines dropped because the log sink was full or failing.", {},
+                   {.json_name = "log.droppedLines"})
+      .set_function({}, [&log] { return log.dropped_lines(); });
   a.access = std::move(*acc);
   router r(a);
   http::server srv(ioc, r, limits_from(a.cfg().server));

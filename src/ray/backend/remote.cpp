@@ -156,7 +156,22 @@ class remote_backend final : public backend {
   }
 
   void set_state(state s, std::string_view reason) {
-    if (s == state_) return;
+    if (s == state_) {
+      // Retries are not logged one by one: a summary every 30 s while the backend stays down.
+      if (s == state::unreachable || s == state::loading || s == state::restarting) {
+        ++repeats_;
+        auto now = steady::now();
+        if (now - last_summary_ >= std::chrono::seconds(30)) {
+          log_.warn("provider still " + std::string(state_name(s)),
+                    {{"probes", repeats_}, {"reason", reason}, {"since", state_since_iso_}});
+          last_summary_ = now;
+        }
+      }
+      return;
+    }
+    repeats_ = 0;
+    last_summary_ = steady::now();
+    state_since_iso_ = format_timestamp(std::chrono::system_clock::now());
     boost::json::object f{{"from", state_name(state_)}, {"to", state_name(s)}, {"reason", reason}};
     if (s == state::unreachable || s == state::failed || s == state::misconfigured) {
       details_.last_error = std::string(reason);
@@ -246,6 +261,9 @@ class remote_backend final : public backend {
   bool last_refused_{false};
   bool warmup_failed_{false};
   bool props_unauthorized_{false};
+  std::uint64_t repeats_{0};
+  steady::time_point last_summary_{};
+  std::string state_since_iso_{};
   std::uint32_t warmup_backoff_ms_{0};
 };
 

@@ -159,6 +159,14 @@ struct runtime::impl {
     m.add_counter("ray_backend_restarts_total", "Backend restarts detected.", {},
                   {.json_name = "backend.restarts"})
         .set_function({}, [this] { return std::uint64_t{be.current_details().restarts}; });
+    auto dispatches =
+        m.add_counter("ray_scheduler_dispatches_total",
+                      "Dispatch decisions: best score in the lookahead window, fallback beyond it, or a "
+                      "starved request that reserved the budget.",
+                      {"kind"}, {.json_name = "scheduler.dispatches"});
+    dispatches.set_function({"scored"}, [this] { return sched.stats().dispatched_scored; });
+    dispatches.set_function({"fallback"}, [this] { return sched.stats().dispatched_fallback; });
+    dispatches.set_function({"starved"}, [this] { return sched.stats().dispatched_starved; });
     auto states = m.add_gauge("ray_backend_state", "1 for the backend's current state.", {"state"});
     for (auto s :
          {backend::state::unknown, backend::state::starting, backend::state::loading, backend::state::warming,
