@@ -698,14 +698,26 @@ TEST(Backend, ContextOverflowIsRefusedBeforeTheBackendOrMappedFromIts400) {
   ASSERT_TRUE(s.wait_listening());
   ASSERT_TRUE(ready(s));
 
-  // Clearly over n_ctx (1024 from /props): Ray's own estimate refuses it; the double never sees it.
+  // Clearly over n_ctx (1024 from /props): Ray refuses it before generation — confirmed by the backend's own
+  // tokenizer (/apply-template + /tokenize: 2000 bytes/4 + template + BOS = 2006) — and the double never sees
+  // a generation request for it.
   auto posts = chat_posts(f.stats());
   auto over = infer(s.port(), infer_body(std::string(8000, 'a')));
   ASSERT_TRUE(is_error(over, 413, "request_context_window_exceeded"));
   auto od = json_body(over)->at("error").at("details").as_object();
   EXPECT_EQ(num(od, "contextWindow"), 1024) << over.describe();
-  EXPECT_EQ(num(od, "promptTokens"), 2000);
+  EXPECT_EQ(num(od, "promptTokens"), 2006);
   EXPECT_EQ(chat_posts(f.stats()), posts);
+  EXPECT_GE(num(f.stats().at("requests").as_object(), "/tokenize"), 1);
+
+  // A defaulted maxTokens near the limit is clamped by the backend's count, so the backend never overflows:
+  // the estimate (1000) would leave 24 tokens, the real prompt (1006) leaves 18.
+  std::string near;
+  for (int i = 0; i < 1000; ++i)
+    near += "abcd";
+  auto clamped = infer(s.port(), infer_body(near, {{"cache", false}}));
+  ASSERT_EQ(clamped.status, 200) << clamped.describe();
+  EXPECT_EQ(json_body(clamped)->at("diagnostics").at("degradation").at("appliedMaxTokens").as_int64(), 18);
 
   // Just under by both counts: served.
   std::string fits;
@@ -892,6 +904,27 @@ TEST(Backend, AnOpenAiCompatibleServerIsProbedOnModelsAndGetsTheBearerKey) {
   EXPECT_EQ(rt::string_field(body, "model"), "tiny-llama");  // modelRef is what the upstream is asked for
   EXPECT_FALSE(body.contains("id_slot"));                    // llama.cpp extras only for llama.cpp
   EXPECT_GE(num(stats.at("requests").as_object(), "/v1/models"), 1);
+}
+
+TEST(Backend, ASlotBusyWithAnotherClientsWorkIsAvoided) {
+  fake_llama f({"-c", "2048", "-np", "2", "--gen-tps", "20"});
+  ASSERT_TRUE(f.ok()) << f.output();
+  ray_server s(llama_config(), attach(f));
+  ASSERT_TRUE(s.wait_listening());
+  ASSERT_TRUE(ready(s));
+  // Another client of the same llama-server holds slot 0 for a while (60 tokens at 20/s).
+  rt::raw_client other(f.port());
+  ASSERT_TRUE(other.send(post_json(
+      "/completion", R"({"prompt":"someone else's long job","n_predict":60,"id_slot":0,"stream":true})")));
+  // Ray sees it through /slots (polled about every second) and sends its own request to slot 1.
+  ASSERT_TRUE(eventually([&] {
+    auto st = f.stats();
+    return st.contains("processing") && num(st, "processing") >= 1;
+  }));
+  std::this_thread::sleep_for(1200ms);  // one /slots reconcile period: the behaviour under test is periodic
+  auto r = infer(s.port(), infer_body("my own request", {{"cache", false}, {"maxTokens", 4}}));
+  ASSERT_EQ(r.status, 200) << r.describe();
+  EXPECT_EQ(num(last_body(f.stats()), "id_slot"), 1);
 }
 
 std::uint16_t free_port() {

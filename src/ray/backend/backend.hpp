@@ -131,6 +131,11 @@ class backend {
   virtual void stop() = 0;
   virtual boost::asio::awaitable<result<generation_result>> generate(generation_request req,
                                                                      token_sink* sink) = 0;
+  // The backend's own count of the prompt tokens of (system, prompt) with its chat template applied, when it
+  // can tell (llama-server: /apply-template + /tokenize, cached); nullopt otherwise. Never an error: a
+  // failure just leaves the caller with its estimate.
+  virtual boost::asio::awaitable<std::optional<std::uint32_t>> count_prompt_tokens(std::string system,
+                                                                                   std::string prompt);
   // Number of generate() calls that reached the backend.
   virtual std::uint64_t requests_total() const noexcept = 0;
 };

@@ -126,4 +126,11 @@ std::unique_ptr<backend> make_mock(boost::asio::any_io_executor ex, config::conf
   return std::make_unique<mock_backend>(std::move(ex), cfg);
 }
 
+boost::asio::awaitable<std::optional<std::uint32_t>> backend::count_prompt_tokens(std::string system,
+                                                                                  std::string prompt) {
+  (void)system;
+  (void)prompt;
+  co_return std::nullopt;
+}
+
 }  // namespace ray::backend

@@ -86,6 +86,7 @@ class remote_backend final : public backend {
         base_(parse_base(cfg.model.adapter.base_url)),
         client_(ex, base_.host, base_.port),
         wake_(ex),
+        slots_client_(ex, base_.host, base_.port),
         metrics_client_(ex, base_.host, base_.port) {
     auto const& a = cfg.model.adapter;
     desc_.model_id = cfg.model.id;
@@ -136,12 +137,15 @@ class remote_backend final : public backend {
     started_ = true;
     asio::co_spawn(ex_, health_loop(), asio::detached);
     if (llama_ && metrics_) asio::co_spawn(ex_, metrics_loop(), asio::detached);
+    if (llama_) asio::co_spawn(ex_, slots_loop(), asio::detached);
   }
   void stop() override {
     stopped_ = true;
     wake_.cancel();
   }
 
+  asio::awaitable<std::optional<std::uint32_t>> count_prompt_tokens(std::string system,
+                                                                    std::string prompt) override;
   asio::awaitable<result<generation_result>> generate(generation_request req, token_sink* sink) override;
 
  private:
@@ -195,6 +199,7 @@ class remote_backend final : public backend {
     int unowned = -1, any = -1;
     for (int i = 0; i < n; ++i) {
       if (busy_[i]) continue;
+      if (static_cast<std::size_t>(i) < external_busy_.size() && external_busy_[i]) continue;
       if (any < 0) any = i;
       bool owned = false;
       for (auto const& [k, s] : affinity_)
@@ -228,6 +233,7 @@ class remote_backend final : public backend {
 
   asio::awaitable<void> health_loop();
   asio::awaitable<void> metrics_loop();
+  asio::awaitable<void> slots_loop();
   asio::awaitable<bool> probe_once();
   asio::awaitable<bool> read_props();
   ray::error map_status(unsigned status, std::string const& body);
@@ -253,6 +259,8 @@ class remote_backend final : public backend {
   bool awaiting_first_answer_{false};
   std::function<std::optional<double>()> on_answering_{};
   telemetry::metrics_cache* metrics_{nullptr};
+  std::vector<bool> external_busy_{};  // slots /slots reports processing that Ray did not dispatch
+  http::client slots_client_;
   http::client metrics_client_;  // its own connection: a slow /metrics never holds up a probe
   std::uint64_t requests_{0};
   bool started_{false};
@@ -262,6 +270,7 @@ class remote_backend final : public backend {
   bool warmup_failed_{false};
   bool props_unauthorized_{false};
   std::uint64_t repeats_{0};
+  std::unordered_map<std::uint64_t, std::uint32_t> token_counts_{};  // by hash of (system, prompt); bounded
   steady::time_point last_summary_{};
   std::string state_since_iso_{};
   std::uint32_t warmup_backoff_ms_{0};
@@ -411,6 +420,43 @@ asio::awaitable<void> remote_backend::health_loop() {
   }
 }
 
+// /slots only reconciles: Ray counts slots from its own dispatches; a slot the server reports busy that Ray
+// did not dispatch to (another client of the same llama-server) is avoided by the slot choice. /slots answers
+// from llama-server's task loop and can stall during a long prefill: a slow or failed answer just leaves the
+// last view.
+asio::awaitable<void> remote_backend::slots_loop() {
+  asio::steady_timer timer(ex_);
+  auto const period =
+      std::chrono::milliseconds(std::max<std::uint32_t>(cfg_.model.adapter.slot_state_ttl_ms, 1000));
+  while (!stopped_) {
+    if (is_serving(state_)) {
+      http::client_request const req{http::verb::get,
+                                     path("/slots"),
+                                     {},
+                                     request_headers(),
+                                     std::chrono::milliseconds(cfg_.model.adapter.slot_snapshot_timeout_ms)};
+      auto r = co_await slots_client_.send(req);
+      if (r && r->status == 200) {
+        boost::system::error_code ec;
+        auto v = json::parse(r->body, ec);
+        if (!ec && v.is_array()) {
+          std::vector<bool> ext(busy_.size(), false);
+          for (auto const& slot : v.get_array()) {
+            auto id = number_at(slot, {"id"});
+            auto proc = find_path(slot, {"is_processing"});
+            if (!id || !proc || !proc->is_bool()) continue;
+            auto i = static_cast<std::size_t>(*id);
+            if (i < ext.size() && proc->get_bool() && !busy_[i]) ext[i] = true;
+          }
+          external_busy_ = std::move(ext);
+        }
+      }
+    }
+    timer.expires_after(period);
+    co_await timer.async_wait(use_tuple);
+  }
+}
+
 // llama-server's /metrics (with --metrics), re-exported; at most one fetch in flight, about every second; the
 // registry serves the last copy meanwhile. Without --metrics (501/404) nothing is served.
 asio::awaitable<void> remote_backend::metrics_loop() {
@@ -434,6 +480,45 @@ asio::awaitable<void> remote_backend::metrics_loop() {
     timer.expires_after(std::chrono::seconds(1));
     co_await timer.async_wait(use_tuple);
   }
+}
+
+asio::awaitable<std::optional<std::uint32_t>> remote_backend::count_prompt_tokens(std::string system,
+                                                                                  std::string prompt) {
+  if (!llama_ || !is_serving(state_)) co_return std::nullopt;
+  std::uint64_t h = 0xcbf29ce484222325ULL;
+  for (auto const* part : {&system, &prompt}) {
+    for (unsigned char c : *part)
+      h = (h ^ c) * 0x100000001b3ULL;
+    h = (h ^ 0xff) * 0x100000001b3ULL;
+  }
+  if (auto it = token_counts_.find(h); it != token_counts_.end()) co_return it->second;
+  auto const timeout = std::chrono::milliseconds(cfg_.model.adapter.health_timeout_ms);
+  json::array messages;
+  if (!system.empty()) messages.push_back(json::object{{"role", "system"}, {"content", system}});
+  messages.push_back(json::object{{"role", "user"}, {"content", prompt}});
+  http::client_request const templ{http::verb::post, path("/apply-template"),
+                                   json::serialize(json::object{{"messages", std::move(messages)}}),
+                                   request_headers(), timeout};
+  auto applied = co_await client_.send(templ);
+  if (!applied || applied->status != 200) co_return std::nullopt;
+  boost::system::error_code ec;
+  auto tv = json::parse(applied->body, ec);
+  if (ec) co_return std::nullopt;
+  auto text = string_at(tv, {"prompt"});
+  if (text.empty()) co_return std::nullopt;
+  http::client_request const tok{http::verb::post, path("/tokenize"),
+                                 json::serialize(json::object{{"content", text}, {"add_special", true}}),
+                                 request_headers(), timeout};
+  auto counted = co_await client_.send(tok);
+  if (!counted || counted->status != 200) co_return std::nullopt;
+  auto cv = json::parse(counted->body, ec);
+  if (ec) co_return std::nullopt;
+  auto tokens = find_path(cv, {"tokens"});
+  if (!tokens || !tokens->is_array()) co_return std::nullopt;
+  auto n = static_cast<std::uint32_t>(tokens->get_array().size());
+  if (token_counts_.size() >= 1024) token_counts_.clear();
+  token_counts_[h] = n;
+  co_return n;
 }
 
 ray::error remote_backend::map_status(unsigned status, std::string const& body) {

@@ -520,13 +520,27 @@ asio::awaitable<result<infer_result>> runtime::infer(infer_request req) {
 
   // Context check: the prompt must fit; an explicit maxTokens must fit; a defaulted one is clamped.
   std::uint32_t const context = context_window();
-  std::uint32_t const prompt_tokens =
+  std::uint32_t prompt_tokens =
       static_cast<std::uint32_t>(estimate_tokens(compiled.system) + estimate_tokens(compiled.input));
   bool const defaulted = !req.max_tokens.has_value();
   std::uint32_t const requested = std::clamp<std::uint32_t>(
       req.max_tokens.value_or(template_default.value_or(cfg_.model.max_output_tokens)), 1,
       cfg_.model.max_output_tokens);
   std::uint32_t max_tokens = requested;
+  // Near the limit the estimate is not good enough: ask the backend's tokenizer (cached) before refusing, and
+  // before clamping a defaulted max tokens to what is left — the clamp must fit by the backend's own count.
+  // An explicit max tokens that fits by the estimate goes on; the backend's own 400 is mapped if it does not.
+  {
+    std::uint64_t const need = std::uint64_t{prompt_tokens} + max_tokens;
+    bool const over = need > context;
+    bool const near = need * 4 >= std::uint64_t{context} * 3;
+    if (over || (defaulted && near)) {
+      std::string sys = compiled.system;
+      std::string in = compiled.input;
+      if (auto exact = co_await backend_.count_prompt_tokens(std::move(sys), std::move(in)))
+        prompt_tokens = *exact;
+    }
+  }
   auto context_error = [&](std::uint32_t mt) {
     ray::error err{errc::request_context_window_exceeded,
                    "the prompt (~" + std::to_string(prompt_tokens) + " tokens) plus maxTokens (" +
