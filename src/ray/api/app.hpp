@@ -71,7 +71,8 @@ class router final : public http::handler {
                                           http::tcp::endpoint const& peer, http::header_list& extra) override;
   bool accepts_body(http::request_header const& header, std::string_view path) override;
   http::response error_response(ray::error const& err, http::request_header const* header,
-                                std::string_view path) override;
+                                std::string_view path,
+                                std::chrono::steady_clock::time_point started) override;
   boost::asio::awaitable<void> handle(http::exchange& ex) override;
 
  private:

@@ -129,13 +129,14 @@ bool router::accepts_body(http::request_header const& header, std::string_view p
 }
 
 http::response router::error_response(ray::error const& err, http::request_header const* header,
-                                      std::string_view path) {
+                                      std::string_view path, std::chrono::steady_clock::time_point started) {
   auto route = match_route(path);
   http::response res = api::error_response(err);
   if (err.code == errc::method_not_allowed) res.set(http::field::allow, route.allow);
   if (header) add_cors(*header, res);
   // Errors answered by the server before a handler ran (framing, routing) are counted here.
   requests_.with({route.label, std::to_string(static_cast<unsigned>(res.result()))}).inc();
+  durations_.with({route.label}).observe(std::chrono::steady_clock::now() - started);
   app_.rt.count_rejection(err.code);
   if (app_.rejections) app_.rejections->record(code_name(err.code), {{"route", route.label}});
   return res;
@@ -420,6 +421,7 @@ boost::asio::awaitable<void> router::handle_infer(http::exchange& ex) {
   if (!decoded) {
     error_code = code_name(decoded.error().code);
     res = api::error_response(decoded.error());
+    app_.rt.count_rejection(decoded.error().code);
     if (app_.rejections) app_.rejections->record(error_code, {{"route", route.label}});
   } else {
     // client_gone() first: it must be waiting before infer() can complete inline (see runtime.cpp on

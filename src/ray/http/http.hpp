@@ -116,9 +116,10 @@ class handler {
   // Whether this route takes a request body (POST routes): content type/encoding/length checks apply.
   virtual bool accepts_body(request_header const& header, std::string_view path) = 0;
 
-  // Renders an error as a response (status, body, retry headers). `header` is null when no header was parsed.
-  virtual response error_response(ray::error const& err, request_header const* header,
-                                  std::string_view path) = 0;
+  // Renders an error as a response (status, body, retry headers). `header` is null when no header was parsed;
+  // `started` is when the request's first byte was awaited (for the duration histogram).
+  virtual response error_response(ray::error const& err, request_header const* header, std::string_view path,
+                                  std::chrono::steady_clock::time_point started) = 0;
 
   // Handles a complete request. Must call ex.respond() exactly once unless it throws.
   virtual asio::awaitable<void> handle(exchange& ex) = 0;

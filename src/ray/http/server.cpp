@@ -162,6 +162,7 @@ class connection {
   bool closed_{false};
   bool idle_{false};
   header_list extra_;  // headers the handler attached to this request's responses
+  steady::time_point request_started_{};
 };
 
 struct server::impl {
@@ -227,7 +228,7 @@ asio::awaitable<bool> connection::write_response(response& res, bool head_only, 
 
 asio::awaitable<bool> connection::answer_error(ray::error const& err, request_header const* header,
                                                std::string_view path, std::string const& request_id) {
-  response res = srv_.impl_->h.error_response(err, header, path);
+  response res = srv_.impl_->h.error_response(err, header, path, request_started_);
   bool head = header != nullptr && header->method() == verb::head;
   co_return co_await write_response(res, head, true, request_id);
 }
@@ -276,6 +277,7 @@ asio::awaitable<void> connection::run(std::shared_ptr<connection> self) {
 
     set_deadline(lim.headers_timeout_ms);
     extra_.clear();
+    request_started_ = steady::now();
     beast::http::request_parser<beast::http::string_body> parser;
     parser.header_limit(lim.max_header_bytes);
     parser.body_limit(boost::none);
@@ -317,7 +319,7 @@ asio::awaitable<void> connection::run(std::shared_ptr<connection> self) {
     bool const body_pending = !parser.is_done();
     auto reject = [&](ray::error err, std::string_view path) -> asio::awaitable<bool> {
       // Answering before the body is read: the connection cannot be reused.
-      response res = h.error_response(err, &req.base(), path);
+      response res = h.error_response(err, &req.base(), path, request_started_);
       bool close = body_pending || impl.draining || n >= lim.max_requests_per_connection || !req.keep_alive();
       bool ok = co_await write_response(res, req.method() == verb::head, close, request_id);
       co_return ok && !close;
@@ -583,7 +585,7 @@ asio::awaitable<void> server::accept_loop() {
         response res = im.h.error_response(
             {errc::overloaded, "too many open connections (server.maxConnections = " +
                                    std::to_string(self.limits_.max_connections) + "); retry shortly"},
-            nullptr, {});
+            nullptr, {}, steady::now());
         auto ex = sock.get_executor();
         asio::co_spawn(ex, reject_connection(std::move(sock), std::move(res)), asio::detached);
         continue;
