@@ -471,9 +471,11 @@ asio::awaitable<void> remote_backend::metrics_loop() {
       auto r = co_await metrics_client_.send(req);
       if (r && r->status == 200) {
         metrics_->store(telemetry::reexport_llamacpp(r->body), ray::system_clock().now());
-      } else {
-        metrics_->clear();
+      } else if (r) {
+        metrics_->clear();  // the server answers but has no metrics (501 without --metrics)
       }
+      // A fetch that failed or timed out (llama-server's /metrics blocks during a long prefill) keeps the
+      // last copy: stale numbers beat a gap in every dashboard during each prefill.
     } else {
       metrics_->clear();
     }
