@@ -89,6 +89,8 @@ class router final : public http::handler {
   app& app_;
   telemetry::counter_family requests_;
   telemetry::histogram_family durations_;
+  std::chrono::steady_clock::time_point last_slow_warn_{};
+  std::uint64_t slow_since_warn_{0};
 };
 
 }  // namespace ray::api

@@ -167,7 +167,21 @@ void router::record(route_info const& route, unsigned status, std::chrono::stead
   requests_.with({route.label, std::to_string(status)}).inc();
   durations_.with({route.label}).observe(elapsed);
   double const ms = std::chrono::duration<double, std::milli>(elapsed).count();
-  bool const slow = !is_probe(route.id) && ms > app_.cfg().telemetry.slow_request_threshold_ms;
+  bool slow = !is_probe(route.id) && ms > app_.cfg().telemetry.slow_request_threshold_ms;
+  std::uint64_t slow_count = 0;
+  if (slow) {
+    // At most one slow-request warning per second, carrying how many there were: an overloaded box must not
+    // turn its log into one line per request. The others log as ordinary request lines.
+    auto const now = std::chrono::steady_clock::now();
+    ++slow_since_warn_;
+    if (now - last_slow_warn_ >= std::chrono::seconds(1)) {
+      last_slow_warn_ = now;
+      slow_count = slow_since_warn_;
+      slow_since_warn_ = 0;
+    } else {
+      slow = false;
+    }
+  }
   auto lvl =
       is_probe(route.id) ? telemetry::level::debug : (slow ? telemetry::level::warn : telemetry::level::info);
   if (!app_.log.enabled(lvl)) return;
@@ -180,7 +194,10 @@ void router::record(route_info const& route, unsigned status, std::chrono::stead
     f["degraded"] = r->degradation.applied;
   }
   if (!error_code.empty()) f["errorCode"] = error_code;
-  if (slow) f["slowRequestThresholdMs"] = app_.cfg().telemetry.slow_request_threshold_ms;
+  if (slow) {
+    f["slowRequestThresholdMs"] = app_.cfg().telemetry.slow_request_threshold_ms;
+    f["slowRequests"] = slow_count;  // slow requests since the previous warning, this one included
+  }
   app_.log.log(lvl, slow ? "slow request" : "request completed", std::move(f));
 }
 
