@@ -285,6 +285,13 @@ int serve(config::loaded_config loaded, serve_options opts) {
   app a{loaded, log, metrics, *be, rt};
   a.supervisor = sup.get();
   a.rejections = std::make_unique<telemetry::rejection_summarizer>(log);
+  {
+    // Durable jobs by status. The job queue is not in this build, so every count is truly 0; the series exist
+    // so dashboards and alerts can be written against them now.
+    auto jobs = metrics.add_gauge("ray_jobs", "Durable jobs by status.", {"status"}, {.json_name = "jobs"});
+    for (auto st : {"queued", "running", "succeeded", "failed", "cancelled"})
+      jobs.with({st}).set(0);
+  }
   metrics
       .add_counter("ray_log_dropped_lines_total",
                    "Log lines dropped because the log sink was full or failing.", {},

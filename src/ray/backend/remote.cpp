@@ -545,8 +545,14 @@ ray::error remote_backend::map_status(unsigned status, std::string const& body) 
                                                "); the operator must check model.adapter.apiKeyEnv"};
   }
   if (status == 503) {
+    // llama-server answers 503 while it loads a model: say so now (with the load-time Retry-After when a load
+    // was measured) rather than after the next probe.
+    if (llama_ && is_serving(state_)) {
+      load_started_ = steady::now();
+      set_state(state::loading, "backend answered 503");
+    }
     probe_now();
-    return {errc::provider_unavailable, "the backend is unavailable (503); retry shortly"};
+    return unavailable_error();
   }
   return {errc::provider_upstream_error,
           "the backend answered " + std::to_string(status) + ": " + excerpt(body)};
