@@ -27,6 +27,8 @@ enum class route_id : std::uint8_t {
   jobs,
   job,
   embeddings,
+  models,
+  model,
   none
 };
 
@@ -34,6 +36,7 @@ struct route_info {
   route_id id{route_id::none};
   std::string_view label{"other"};  // the path template, the `route` metric label
   std::string_view allow{};         // the `allow` header for 405
+  bool openai{false};               // errors use OpenAI's envelope
 };
 
 // Matches a path to its route (exact paths; "/v1/jobs/{id}").

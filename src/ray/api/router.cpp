@@ -26,6 +26,8 @@ bool method_allowed(route_id id, http::verb m) noexcept {
     case route_id::health:
     case route_id::metrics:
     case route_id::config:
+    case route_id::models:
+    case route_id::model:
       return m == v::get || m == v::head;
     case route_id::infer:
     case route_id::embeddings:
@@ -54,7 +56,12 @@ route_info match_route(std::string_view path) noexcept {
   if (path.size() > 9 && path.substr(0, 9) == "/v1/jobs/" && path.find('/', 9) == std::string_view::npos)
     return {route_id::job, "/v1/jobs/{id}", "GET, HEAD, DELETE, OPTIONS"};
   if (path == "/v1/embeddings" || path == "/embeddings")
-    return {route_id::embeddings, "/v1/embeddings", "POST, OPTIONS"};
+    return {route_id::embeddings, "/v1/embeddings", "POST, OPTIONS", true};
+  if (path == "/v1/models" || path == "/models") return {route_id::models, "/v1/models", get_head, true};
+  for (std::string_view prefix : {std::string_view("/v1/models/"), std::string_view("/models/")}) {
+    if (path.size() > prefix.size() && path.substr(0, prefix.size()) == prefix)
+      return {route_id::model, "/v1/models/{id}", get_head, true};
+  }
   return {};
 }
 
@@ -131,7 +138,7 @@ bool router::accepts_body(http::request_header const& header, std::string_view p
 http::response router::error_response(ray::error const& err, http::request_header const* header,
                                       std::string_view path, std::chrono::steady_clock::time_point started) {
   auto route = match_route(path);
-  http::response res = api::error_response(err);
+  http::response res = api::error_response(err, route.openai ? envelope::openai : envelope::native);
   if (err.code == errc::method_not_allowed) res.set(http::field::allow, route.allow);
   if (header) add_cors(*header, res);
   // Errors answered by the server before a handler ran (framing, routing) are counted here.
@@ -406,6 +413,40 @@ boost::asio::awaitable<void> router::handle(http::exchange& ex) {
                 : "the async job queue is disabled (asyncQueue.enabled is false)"};
         error_code = code_name(err.code);
         res = api::error_response(err);
+        break;
+      }
+      case route_id::models:
+      case route_id::model: {
+        auto const& cfg = app_.cfg();
+        auto entry = [&] {
+          auto created = std::chrono::duration_cast<std::chrono::seconds>(
+              (std::chrono::system_clock::now() - (std::chrono::steady_clock::now() - app_.started)).time_since_epoch());
+          return boost::json::object{
+              {"id", cfg.model.id},
+              {"object", "model"},
+              {"created", created.count()},
+              {"owned_by", "ray"},
+              {"meta", boost::json::object{{"context_window", app_.rt.context_window()},
+                                           {"quantization", cfg.model.quantization},
+                                           {"backend", config::adapter_kind_name(cfg.model.adapter.kind)}}}};
+        };
+        if (route.id == route_id::models) {
+          boost::json::object o{{"object", "list"}, {"data", boost::json::array{entry()}}};
+          res = json_response(http::status::ok, telemetry::to_json(o));
+          break;
+        }
+        auto const id = ex.path().substr(ex.path().rfind('/') + 1);
+        bool known = id == cfg.model.id;
+        for (auto const& a : cfg.model.aliases) known = known || id == a;
+        if (known) {
+          res = json_response(http::status::ok, telemetry::to_json(entry()));
+        } else {
+          ray::error err{errc::model_not_found,
+                         "The model '" + std::string(id) + "' does not exist; this server serves '" + cfg.model.id + "'"};
+          err.param = "model";
+          error_code = code_name(err.code);
+          res = api::error_response(err, envelope::openai);
+        }
         break;
       }
       case route_id::embeddings: {
