@@ -669,7 +669,8 @@ TEST(Backend, EachSystemPromptKeepsItsOwnSlotWhileSlotsAreFree) {
   ASSERT_TRUE(long_a.send(post_json(
       "/v1/infer", infer_body("Summarize the last message.",
                               {{"system", sys_a}, {"maxTokens", 60}, {"cache", false}, {"seed", 7}}))));
-  auto const a_slot = a1;  // structured bindings cannot be captured by a lambda before C++20's P1091 in clang 14
+  auto const a_slot =
+      a1;  // structured bindings cannot be captured by a lambda before C++20's P1091 in clang 14
   ASSERT_TRUE(eventually([&] { return slot_of(f.stats(), a_slot).at("is_processing").as_bool(); }));
   auto [a3, a3_cached] = ask(sys_a, 1);
   EXPECT_EQ(a3, b1) << "with A's slot busy, the A request should use the free slot";

@@ -420,7 +420,8 @@ boost::asio::awaitable<void> router::handle(http::exchange& ex) {
         auto const& cfg = app_.cfg();
         auto entry = [&] {
           auto created = std::chrono::duration_cast<std::chrono::seconds>(
-              (std::chrono::system_clock::now() - (std::chrono::steady_clock::now() - app_.started)).time_since_epoch());
+              (std::chrono::system_clock::now() - (std::chrono::steady_clock::now() - app_.started))
+                  .time_since_epoch());
           return boost::json::object{
               {"id", cfg.model.id},
               {"object", "model"},
@@ -437,12 +438,14 @@ boost::asio::awaitable<void> router::handle(http::exchange& ex) {
         }
         auto const id = ex.path().substr(ex.path().rfind('/') + 1);
         bool known = id == cfg.model.id;
-        for (auto const& a : cfg.model.aliases) known = known || id == a;
+        for (auto const& a : cfg.model.aliases)
+          known = known || id == a;
         if (known) {
           res = json_response(http::status::ok, telemetry::to_json(entry()));
         } else {
-          ray::error err{errc::model_not_found,
-                         "The model '" + std::string(id) + "' does not exist; this server serves '" + cfg.model.id + "'"};
+          ray::error err{errc::model_not_found, "The model '" + std::string(id) +
+                                                    "' does not exist; this server serves '" + cfg.model.id +
+                                                    "'"};
           err.param = "model";
           error_code = code_name(err.code);
           res = api::error_response(err, envelope::openai);

@@ -545,10 +545,11 @@ ray::error remote_backend::map_status(unsigned status, std::string const& body) 
                                                "); the operator must check model.adapter.apiKeyEnv"};
   }
   if (status == 503) {
-    // llama-server answers 503 while it loads a model. The probe (run now) tells the state; this request gets a
-    // Retry-After of the last measured load time when there is one, else the default.
+    // llama-server answers 503 while it loads a model. The probe (run now) tells the state; this request gets
+    // a Retry-After of the last measured load time when there is one, else the default.
     probe_now();
-    ray::error err{errc::provider_unavailable, "the backend is unavailable (503, e.g. loading a model); retry shortly"};
+    ray::error err{errc::provider_unavailable,
+                   "the backend is unavailable (503, e.g. loading a model); retry shortly"};
     if (details_.load_ms) err.retry_after_ms = *details_.load_ms;
     return err;
   }
