@@ -27,11 +27,6 @@ std::string sha256_hex(std::string_view s) {
   return out;
 }
 
-std::vector<std::string> empty_root() {
-  static rt::temp_dir empty;
-  return {"--system-root", empty.path().string()};
-}
-
 boost::json::object auth_config(int max_requests = 100) {
   return with(test_config(),
               {{"auth", boost::json::object{{"enabled", true}, {"apiKeyEnv", "TEST_RAY_KEYS"}}},
@@ -58,7 +53,7 @@ std::string infer(std::string_view headers = {}) {
 }
 
 TEST(Auth, BadCredentialsAre401WithoutSpendingQuota) {
-  ray_server s(auth_config(), empty_root(),
+  ray_server s(auth_config(), no_host_pressure(),
                {{"TEST_RAY_KEYS", std::string(kKeyA) + "," + std::string(kKeyB)}});
   ASSERT_TRUE(s.wait_listening());
   auto first = send_one(s, infer(bearer(kKeyA)));
@@ -86,7 +81,7 @@ TEST(Auth, BadCredentialsAre401WithoutSpendingQuota) {
 }
 
 TEST(Auth, ProbesAreOpenAndOperatorRoutesAreProtected) {
-  ray_server s(auth_config(), empty_root(), {{"TEST_RAY_KEYS", std::string(kKeyA)}});
+  ray_server s(auth_config(), no_host_pressure(), {{"TEST_RAY_KEYS", std::string(kKeyA)}});
   ASSERT_TRUE(s.wait_listening());
   for (auto path : {"/livez", "/readyz", "/"})
     EXPECT_EQ(send_one(s, get(path)).status, 200) << path;
@@ -97,7 +92,7 @@ TEST(Auth, ProbesAreOpenAndOperatorRoutesAreProtected) {
 }
 
 TEST(Auth, ExpectContinueWithoutAKeyGets401AndNo100Continue) {
-  ray_server s(auth_config(), empty_root(), {{"TEST_RAY_KEYS", std::string(kKeyA)}});
+  ray_server s(auth_config(), no_host_pressure(), {{"TEST_RAY_KEYS", std::string(kKeyA)}});
   ASSERT_TRUE(s.wait_listening());
   auto c = s.connect();
   ASSERT_TRUE(c.send(post_head("/v1/infer", 14, "application/json", "Expect: 100-continue\r\n")));
@@ -108,7 +103,7 @@ TEST(Auth, ExpectContinueWithoutAKeyGets401AndNo100Continue) {
 }
 
 TEST(Auth, TheLimitAnswers429WithResetHeadersAndRetryAfter) {
-  ray_server s(auth_config(2), empty_root(),
+  ray_server s(auth_config(2), no_host_pressure(),
                {{"TEST_RAY_KEYS", std::string(kKeyA) + "," + std::string(kKeyB)}});
   ASSERT_TRUE(s.wait_listening());
   EXPECT_EQ(send_one(s, infer(bearer(kKeyA))).status, 200);
@@ -129,7 +124,7 @@ TEST(Auth, TheLimitAnswers429WithResetHeadersAndRetryAfter) {
 }
 
 TEST(Auth, EnabledWithoutKeysRefusesToStart) {
-  ray_server s(auth_config(), empty_root());
+  ray_server s(auth_config(), no_host_pressure());
   auto code = s.process().wait_exit(rt::in(kIo));
   ASSERT_TRUE(code);
   EXPECT_EQ(*code, 2);
@@ -139,7 +134,7 @@ TEST(Auth, EnabledWithoutKeysRefusesToStart) {
 TEST(Auth, NoSecretAppearsInLogsErrorBodiesOrConfig) {
   auto cfg = auth_config();
   cfg["auth"].as_object()["apiKeySha256"] = boost::json::array{sha256_hex("digest-only-key-000000")};
-  ray_server s(cfg, empty_root(),
+  ray_server s(cfg, no_host_pressure(),
                {{"TEST_RAY_KEYS", std::string(kKeyA)}, {"RAY_UPSTREAM_SECRET", "upstream-secret-value-123"}});
   ASSERT_TRUE(s.wait_listening());
   std::vector<std::string> bodies;
@@ -164,7 +159,7 @@ TEST(Auth, SighupSwapsTheKeyListOnTheRunningProcess) {
                   {{"auth", boost::json::object{{"enabled", true},
                                                 {"apiKeyEnv", "TEST_RAY_KEYS"},
                                                 {"apiKeySha256", boost::json::array{sha256_hex(kKeyA)}}}}});
-  ray_server s(cfg, empty_root());
+  ray_server s(cfg, no_host_pressure());
   ASSERT_TRUE(s.wait_listening());
   auto pid_before = s.process().pid();
   auto keep = s.connect();  // an open connection survives the reload
@@ -195,7 +190,7 @@ TEST(Auth, ForwardedForIsIgnoredFromAPublicPeerButUsedBehindALoopbackProxy) {
            {{"rateLimit",
              boost::json::object{
                  {"enabled", true}, {"maxRequests", 1}, {"windowMs", 60000}, {"trustProxyHeaders", true}}}});
-  ray_server s(cfg, empty_root());
+  ray_server s(cfg, no_host_pressure());
   ASSERT_TRUE(s.wait_listening());
   EXPECT_EQ(send_one(s, infer("X-Forwarded-For: 203.0.113.7\r\n")).status, 200);
   EXPECT_EQ(send_one(s, infer("X-Forwarded-For: 203.0.113.7\r\n")).status, 429);
@@ -215,7 +210,7 @@ TEST(Auth, ThePublicTypeScriptEraConfigEnforcesAuthAgainstALlamaServer) {
       "serve",  "--config", std::string(RAY_SOURCE_DIR) + "/examples/config/ray.sub1b.public.json",
       "--port", "0",        "--backend-url",
       backend};
-  for (auto& a : empty_root())
+  for (auto& a : no_host_pressure())
     args.push_back(a);
   rt::ray_process ray(rt::spawn_options{.binary = RAY_BINARY,
                                         .args = args,

@@ -27,55 +27,6 @@ constexpr auto kHealth = std::chrono::milliseconds(kHealthMs);
 
 // ---- helpers
 
-// Tests that are not about pressure read it from an empty tree, so the host's own load cannot degrade them.
-std::vector<std::string> no_host_pressure() {
-  static rt::temp_dir empty;
-  return {"--system-root", empty.path().string()};
-}
-
-// One request on a fresh connection; nullopt when the server is not there or does not answer in time.
-std::optional<rt::http_response> roundtrip(std::uint16_t port, std::string const& request,
-                                           rt::deadline until = rt::in(kIo)) {
-  try {
-    rt::raw_client c(port);
-    if (!c.send(request, until)) return std::nullopt;
-    return c.read_response(until);
-  } catch (std::exception const&) {
-    return std::nullopt;
-  }
-}
-
-// The value of one series in Ray's Prometheus text, or -1 when absent.
-double metric(std::uint16_t port, std::string const& series) {
-  auto r = roundtrip(port, get("/metrics"));
-  if (!r) return -1;
-  std::size_t pos = 0;
-  while ((pos = r->body.find(series, pos)) != std::string::npos) {
-    bool at_line_start = pos == 0 || r->body[pos - 1] == '\n';
-    auto after = pos + series.size();
-    if (at_line_start && after < r->body.size() && r->body[after] == ' ')
-      return std::stod(r->body.substr(after + 1, r->body.find('\n', after) - after - 1));
-    pos = after;
-  }
-  return -1;
-}
-
-// A counter that may not have a series yet (a label set appears when first incremented): absent = 0.
-double counter(std::uint16_t port, std::string const& series) {
-  return std::max(0.0, metric(port, series));
-}
-
-// Polls until `pred` holds or the deadline passes.
-template <class Pred>
-bool eventually(Pred pred, steady::duration within = kIo) {
-  auto until = rt::in(within);
-  while (steady::now() < until) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));  // polling interval of a deadline-bounded wait
-  }
-  return pred();
-}
-
 std::int64_t num(json::object const& o, std::string_view key) {
   auto const* v = o.if_contains(key);
   return v && v->is_number() ? v->to_number<std::int64_t>() : -1;

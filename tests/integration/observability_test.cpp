@@ -28,53 +28,6 @@ constexpr int kHealthMs = 100;
 // ---- helpers
 // -------------------------------------------------------------------------------------------------
 
-// Tests that are not about pressure read it from an empty tree, so the host's own load cannot degrade them.
-std::vector<std::string> no_host_pressure() {
-  static rt::temp_dir empty;
-  return {"--system-root", empty.path().string()};
-}
-
-// One request on a fresh connection; nullopt when the server is not there or does not answer in time.
-std::optional<rt::http_response> roundtrip(std::uint16_t port, std::string const& request,
-                                           rt::deadline until = rt::in(kIo)) {
-  try {
-    rt::raw_client c(port);
-    if (!c.send(request, until)) return std::nullopt;
-    return c.read_response(until);
-  } catch (std::exception const&) {
-    return std::nullopt;
-  }
-}
-
-// The whole Prometheus text of a server ("" when it does not answer 200).
-std::string scrape(std::uint16_t port) {
-  auto r = roundtrip(port, get("/metrics"));
-  return r && r->status == 200 ? r->body : std::string();
-}
-
-// The value of one series (name plus its exact label set) in a Prometheus text, or -1 when absent.
-double value_in(std::string const& text, std::string const& series) {
-  std::size_t pos = 0;
-  while ((pos = text.find(series, pos)) != std::string::npos) {
-    bool at_line_start = pos == 0 || text[pos - 1] == '\n';
-    auto after = pos + series.size();
-    if (at_line_start && after < text.size() && text[after] == ' ')
-      return std::stod(text.substr(after + 1, text.find('\n', after) - after - 1));
-    pos = after;
-  }
-  return -1;
-}
-
-// The value of one series in Ray's Prometheus text, or -1 when absent.
-double metric(std::uint16_t port, std::string const& series) {
-  return value_in(scrape(port), series);
-}
-
-// A counter whose label set may not exist yet (it appears when first incremented): absent = 0.
-double counter(std::uint16_t port, std::string const& series) {
-  return std::max(0.0, metric(port, series));
-}
-
 // The sum of the samples whose line starts with `prefix` in a Prometheus text.
 double sum_lines(std::string const& text, std::string const& prefix) {
   double total = 0;
@@ -89,17 +42,6 @@ double sum_lines(std::string const& text, std::string const& prefix) {
 // The sum of every sample of the family `name{…}` (all label sets).
 double sum_of(std::string const& text, std::string const& name) {
   return sum_lines(text, name + "{") + sum_lines(text, name + " ");
-}
-
-// Polls until `pred` holds or the deadline passes.
-template <class Pred>
-bool eventually(Pred pred, steady::duration within = kIo) {
-  auto until = rt::in(within);
-  while (steady::now() < until) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));  // polling interval of a deadline-bounded wait
-  }
-  return pred();
 }
 
 std::int64_t num(json::object const& o, std::string_view key) {

@@ -12,44 +12,9 @@
 namespace ray::itest {
 namespace {
 
-// The value of one series in the Prometheus text, or -1 when absent.
-double metric(std::uint16_t port, std::string const& series) {
-  rt::raw_client c(port);
-  if (!c.send(get("/metrics"))) return -1;
-  auto r = c.read_response(rt::in(kIo));
-  if (!r) return -1;
-  std::size_t pos = 0;
-  while ((pos = r->body.find(series, pos)) != std::string::npos) {
-    bool at_line_start = pos == 0 || r->body[pos - 1] == '\n';
-    auto after = pos + series.size();
-    if (at_line_start && after < r->body.size() && r->body[after] == ' ')
-      return std::stod(r->body.substr(after + 1, r->body.find('\n', after) - after - 1));
-    pos = after;
-  }
-  return -1;
-}
-
-// Polls until `pred` holds or the deadline passes.
-template <class Pred>
-bool eventually(Pred pred, std::chrono::steady_clock::duration within = kIo) {
-  auto until = rt::in(within);
-  while (std::chrono::steady_clock::now() < until) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(5ms);  // polling interval of a deadline-bounded wait
-  }
-  return pred();
-}
-
 boost::json::object slow_mock(int latency_ms, boost::json::object extra = {}) {
   auto cfg = test_config({}, {{"latencyMs", latency_ms}});
   return with(cfg, extra);
-}
-
-// Tests that are not about pressure read it from an empty tree, so the host's own load (PSI of a busy CI box)
-// cannot degrade their requests.
-std::vector<std::string> no_host_pressure() {
-  static rt::temp_dir empty;
-  return {"--system-root", empty.path().string()};
 }
 
 std::string infer_body(std::string const& input, std::string const& extra = "") {
