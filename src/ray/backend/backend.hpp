@@ -41,9 +41,23 @@ inline bool is_serving(state s) noexcept {
   return s == state::ready || s == state::degraded;
 }
 
+// One chat message as the OpenAI routes forward it (tool fields passed through untouched).
+struct chat_message {
+  std::string role;
+  std::string content;
+  std::optional<std::string> name{};
+  std::optional<std::string> tool_call_id{};
+};
+
 struct generation_request {
   std::string system;  // empty = none
   std::string prompt;
+  // OpenAI routes: the whole conversation (replaces system/prompt when non-empty), or a raw completion
+  // prompt.
+  std::vector<chat_message> messages{};
+  bool raw_completion{false};  // `prompt` is sent as-is to /v1/completions (no chat template)
+  boost::json::object
+      extra{};  // forwarded sampling fields (penalties, top_k, min_p, repeat_penalty, logit_bias…)
   std::uint32_t max_tokens{1};
   std::optional<double> temperature{};
   std::optional<double> top_p{};

@@ -69,7 +69,14 @@ class mock_backend final : public backend {
       auto [ec] = co_await timer.async_wait(use_tuple);
       if (ec) co_return ray::error{errc::provider_request_failed, "mock generation cancelled"};
     }
-    std::string full = header_ + req.prompt;
+    std::string_view input = req.prompt;
+    for (auto it = req.messages.rbegin(); it != req.messages.rend(); ++it) {
+      if (it->role == "user") {
+        input = it->content;
+        break;
+      }
+    }
+    std::string full = header_ + std::string(input);
     std::size_t const max_bytes = static_cast<std::size_t>(req.max_tokens) * 4;
     generation_result out;
     if (full.size() > max_bytes) {

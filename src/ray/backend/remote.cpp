@@ -573,10 +573,25 @@ asio::awaitable<result<generation_result>> remote_backend::generate(generation_r
 
   json::object body;
   body["model"] = a.model_ref.empty() ? cfg_.model.id : a.model_ref;
-  json::array messages;
-  if (!req.system.empty()) messages.push_back(json::object{{"role", "system"}, {"content", req.system}});
-  messages.push_back(json::object{{"role", "user"}, {"content", req.prompt}});
-  body["messages"] = std::move(messages);
+  if (req.raw_completion) {
+    body["prompt"] = req.prompt;
+  } else {
+    json::array messages;
+    if (!req.messages.empty()) {
+      for (auto const& m : req.messages) {
+        json::object o{{"role", m.role}, {"content", m.content}};
+        if (m.name) o["name"] = *m.name;
+        if (m.tool_call_id) o["tool_call_id"] = *m.tool_call_id;
+        messages.push_back(std::move(o));
+      }
+    } else {
+      if (!req.system.empty()) messages.push_back(json::object{{"role", "system"}, {"content", req.system}});
+      messages.push_back(json::object{{"role", "user"}, {"content", req.prompt}});
+    }
+    body["messages"] = std::move(messages);
+  }
+  for (auto const& [k, v] : req.extra)
+    body[k] = v;
   body["max_tokens"] = req.max_tokens;
   body["stream"] = true;
   body["stream_options"] = json::object{{"include_usage", true}};
@@ -598,8 +613,9 @@ asio::awaitable<result<generation_result>> remote_backend::generate(generation_r
   ++requests_;
   auto const started = steady::now();
   auto const timeout = std::chrono::milliseconds(a.timeout_ms);
-  http::client_request const call{http::verb::post, path("/v1/chat/completions"), json::serialize(body),
-                                  request_headers(), timeout};
+  http::client_request const call{http::verb::post,
+                                  path(req.raw_completion ? "/v1/completions" : "/v1/chat/completions"),
+                                  json::serialize(body), request_headers(), timeout};
   auto stream = co_await client_.open(call);
   if (!stream) {
     if (stream.error().code == errc::provider_request_failed) probe_now();
@@ -639,7 +655,9 @@ asio::awaitable<result<generation_result>> remote_backend::generate(generation_r
     if (auto choices = find_path(v, {"choices"});
         choices && choices->is_array() && !choices->get_array().empty()) {
       auto const& c0 = choices->get_array()[0];
-      if (auto content = find_path(c0, {"delta", "content"}); content && content->is_string()) {
+      auto content = find_path(c0, {"delta", "content"});
+      if (!content) content = find_path(c0, {"text"});  // /v1/completions chunks
+      if (content && content->is_string()) {
         auto piece = content->get_string();
         if (!piece.empty()) {
           if (!saw_first) {

@@ -88,6 +88,18 @@ class flight_sink final : public backend::token_sink {
   flight& f_;
 };
 
+// A request ready for single-flight and admission (both routes build one).
+struct prepared {
+  backend::generation_request gen;
+  std::uint64_t cost{0};
+  config::lane lane{config::lane::draft};
+  std::string flight_key;                     // empty = not joinable
+  std::optional<cache::cache_key> cache_key;  // set when the result may be stored
+  infer_result base;
+  ray::clock::time_point arrived{};
+  bool shed{false};
+};
+
 }  // namespace
 
 struct runtime::impl {
@@ -184,6 +196,7 @@ struct runtime::impl {
   system::decision pressure_decision();
   asio::awaitable<void> run_flight(std::shared_ptr<flight> f);
   asio::awaitable<bool> warm_up();
+  asio::awaitable<result<infer_result>> join_or_start(prepared p);
 
   asio::any_io_executor ex;
   config::config const& cfg;
@@ -411,6 +424,62 @@ asio::awaitable<bool> runtime::impl::warm_up() {
   co_return true;
 }
 
+asio::awaitable<result<infer_result>> runtime::impl::join_or_start(prepared p) {
+  std::string const flight_key = p.flight_key;
+  std::shared_ptr<flight> f;
+  bool joined = false;
+  if (!flight_key.empty()) {
+    if (auto it = joinable.find(flight_key); it != joinable.end() && !it->second->finished) {
+      f = it->second;
+      joined = true;
+      dedupe_joins.inc();
+    }
+  }
+  if (!f) {
+    if (p.shed) {
+      ray::error err{errc::overloaded,
+                     "memory pressure is severe (PSI full avg10 over "
+                     "gracefulDegradation.shedAtMemoryPsiFullAvg10); new work is refused"};
+      err.retry_after_ms = sched.retry_after_ms(sched.stats().queue_depth);
+      reject(err);
+      co_return err;
+    }
+    f = std::make_shared<flight>(ex);
+    f->id = next_id++;
+    f->key = flight_key;
+    f->arrived = p.arrived;
+    f->cost = p.cost;
+    f->lane = p.lane;
+    f->gen = std::move(p.gen);
+    f->cache_key = p.cache_key;
+    f->base = std::move(p.base);
+    if (!flight_key.empty()) joinable.emplace(flight_key, f);
+    asio::co_spawn(ex, run_flight(f), asio::bind_cancellation_slot(f->cancel.slot(), asio::detached));
+  }
+
+  // Wait as one of the flight's waiters.
+  ++f->waiters;
+  if (!f->finished) co_await f->done.async_wait(use_tuple);
+  --f->waiters;
+  if (!f->finished) {
+    // This waiter left (its client went away). The last one out cancels the shared call.
+    if (f->waiters == 0) {
+      f->abandoned = true;
+      f->cancel.emit(asio::cancellation_type::terminal);
+    }
+    co_return ray::error{errc::provider_request_failed, "the client left"};
+  }
+  if (!*f->outcome) co_return f->outcome->error();
+  infer_result r = **f->outcome;
+  if (joined) {
+    r.deduplicated = true;
+    r.degradation = p.base.degradation;  // a joiner reports its own degradation and prompt view
+    r.prompt = p.base.prompt;
+  }
+  r.latency_ms = ms_between(p.arrived, clock.now());
+  co_return r;
+}
+
 runtime::runtime(asio::any_io_executor ex, config::config const& cfg, backend::backend& be,
                  telemetry::registry& metrics, telemetry::logger& log, system::sampler* sampler,
                  ray::clock const& clock)
@@ -632,70 +701,29 @@ asio::awaitable<result<infer_result>> runtime::infer(infer_request req) {
   }
 
   // Single-flight.
-  std::string flight_key;
+  prepared p;
   if (cfg_.scheduler.dedupe_inflight && (req.dedupe_key || cacheable) && key) {
-    flight_key = req.dedupe_key ? "k:" + *req.dedupe_key : "c:" + key->hex();
-    if (deg.applied) flight_key += ":d" + std::to_string(max_tokens);
+    p.flight_key = req.dedupe_key ? "k:" + *req.dedupe_key : "c:" + key->hex();
+    if (deg.applied) p.flight_key += ":d" + std::to_string(max_tokens);
   }
-  std::shared_ptr<flight> f;
-  bool joined = false;
-  if (!flight_key.empty()) {
-    if (auto it = im.joinable.find(flight_key); it != im.joinable.end() && !it->second->finished) {
-      f = it->second;
-      joined = true;
-      im.dedupe_joins.inc();
-    }
-  }
-  if (!f) {
-    if (decision.shed) {
-      ray::error err{errc::overloaded,
-                     "memory pressure is severe (PSI full avg10 over "
-                     "gracefulDegradation.shedAtMemoryPsiFullAvg10); new work is refused"};
-      err.retry_after_ms = im.sched.retry_after_ms(im.sched.stats().queue_depth);
-      co_return fail(err);
-    }
-    f = std::make_shared<flight>(im.ex);
-    f->id = im.next_id++;
-    f->key = flight_key;
-    f->arrived = arrived;
-    f->cost = cost;
-    f->lane =
-        scheduler::classify_lane(json_mode, max_tokens, template_lane, cfg_.scheduler.short_job_max_tokens);
-    f->gen.system = compiled.system;
-    f->gen.prompt = compiled.input;
-    f->gen.max_tokens = max_tokens;
-    f->gen.temperature = req.temperature;
-    f->gen.top_p = req.top_p;
-    f->gen.seed = req.seed;
-    f->gen.stop = req.stop;
-    f->gen.json_mode = json_mode;
-    f->gen.affinity_key = compiled.affinity_key;
-    if (cacheable) f->cache_key = key;
-    f->base = std::move(base);
-    if (!flight_key.empty()) im.joinable.emplace(flight_key, f);
-    asio::co_spawn(im.ex, im.run_flight(f), asio::bind_cancellation_slot(f->cancel.slot(), asio::detached));
-  }
-
-  // Wait as one of the flight's waiters.
-  ++f->waiters;
-  if (!f->finished) co_await f->done.async_wait(use_tuple);
-  --f->waiters;
-  if (!f->finished) {
-    // This waiter left (its client went away). The last one out cancels the shared call.
-    if (f->waiters == 0) {
-      f->abandoned = true;
-      f->cancel.emit(asio::cancellation_type::terminal);
-    }
-    co_return ray::error{errc::provider_request_failed, "the client left"};
-  }
-  if (!*f->outcome) co_return f->outcome->error();
-  infer_result r = **f->outcome;
-  if (joined) {
-    r.deduplicated = true;
-    // A joiner reports its own degradation and prompt view.
-  }
-  r.latency_ms = ms_between(arrived, im.clock.now());
-  co_return r;
+  p.arrived = arrived;
+  p.cost = cost;
+  p.shed = decision.shed;
+  p.lane =
+      scheduler::classify_lane(json_mode, max_tokens, template_lane, cfg_.scheduler.short_job_max_tokens);
+  p.gen.system = compiled.system;
+  p.gen.prompt = compiled.input;
+  p.gen.max_tokens = max_tokens;
+  p.gen.temperature = req.temperature;
+  p.gen.top_p = req.top_p;
+  p.gen.seed = req.seed;
+  p.gen.stop = req.stop;
+  p.gen.json_mode = json_mode;
+  p.gen.affinity_key = compiled.affinity_key;
+  if (cacheable) p.cache_key = key;
+  p.base = std::move(base);
+  auto out = co_await im.join_or_start(std::move(p));
+  co_return out;
 }
 
 }  // namespace ray::runtime
