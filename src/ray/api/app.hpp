@@ -29,6 +29,8 @@ enum class route_id : std::uint8_t {
   embeddings,
   models,
   model,
+  chat,
+  completions,
   none
 };
 
@@ -80,6 +82,7 @@ class router final : public http::handler {
 
  private:
   boost::asio::awaitable<void> handle_infer(http::exchange& ex);
+  boost::asio::awaitable<void> handle_openai(http::exchange& ex, bool completion);
   http::response json_response(http::status st, std::string body) const;
   http::response readyz() const;
   http::response health() const;
@@ -94,6 +97,7 @@ class router final : public http::handler {
   telemetry::histogram_family durations_;
   std::chrono::steady_clock::time_point last_slow_warn_{};
   std::uint64_t slow_since_warn_{0};
+  std::vector<std::string> warned_models_;  // unknown model names already warned about (bounded)
 };
 
 }  // namespace ray::api

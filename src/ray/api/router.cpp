@@ -1,4 +1,5 @@
 #include "ray/api/app.hpp"
+#include "ray/api/openai.hpp"
 
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/json/serialize.hpp>
@@ -30,6 +31,8 @@ bool method_allowed(route_id id, http::verb m) noexcept {
     case route_id::model:
       return m == v::get || m == v::head;
     case route_id::infer:
+    case route_id::chat:
+    case route_id::completions:
     case route_id::embeddings:
       return m == v::post;
     case route_id::jobs:
@@ -58,6 +61,10 @@ route_info match_route(std::string_view path) noexcept {
   if (path == "/v1/embeddings" || path == "/embeddings")
     return {route_id::embeddings, "/v1/embeddings", "POST, OPTIONS", true};
   if (path == "/v1/models" || path == "/models") return {route_id::models, "/v1/models", get_head, true};
+  if (path == "/v1/chat/completions" || path == "/chat/completions")
+    return {route_id::chat, "/v1/chat/completions", "POST, OPTIONS", true};
+  if (path == "/v1/completions" || path == "/completions")
+    return {route_id::completions, "/v1/completions", "POST, OPTIONS", true};
   for (std::string_view prefix : {std::string_view("/v1/models/"), std::string_view("/models/")}) {
     if (path.size() > prefix.size() && path.substr(0, prefix.size()) == prefix)
       return {route_id::model, "/v1/models/{id}", get_head, true};
@@ -109,7 +116,8 @@ std::optional<ray::error> router::check_headers(http::request_header const& head
   }
 
   bool const work = route.id == route_id::infer || route.id == route_id::jobs || route.id == route_id::job ||
-                    route.id == route_id::embeddings;
+                    route.id == route_id::embeddings || route.id == route_id::chat ||
+                    route.id == route_id::completions;
   if (work && acc.rate.enabled && acc.limiter) {
     std::string_view xff[8];
     std::size_t nx = 0;
@@ -404,6 +412,12 @@ boost::asio::awaitable<void> router::handle(http::exchange& ex) {
       case route_id::infer:
         co_await handle_infer(ex);
         co_return;
+      case route_id::chat:
+        co_await handle_openai(ex, false);
+        co_return;
+      case route_id::completions:
+        co_await handle_openai(ex, true);
+        co_return;
       case route_id::jobs:
       case route_id::job: {
         ray::error err{
@@ -505,6 +519,138 @@ boost::asio::awaitable<void> router::handle_infer(http::exchange& ex) {
                           render_infer_response(*r, ex.request_id(), std::chrono::system_clock::now()));
       result_for_log = &*r;
       if (r->degradation.applied) res.set("x-ray-degraded", "true");
+    }
+  }
+  add_cors(ex.req().base(), res);
+  unsigned status = static_cast<unsigned>(res.result());
+  co_await ex.respond(std::move(res));
+  record(route, status, ex.received_at(), ex.request_id(), error_code, result_for_log);
+}
+
+boost::asio::awaitable<void> router::handle_openai(http::exchange& ex, bool completion) {
+  auto const route = match_route(ex.path());
+  auto const& cfg = app_.cfg();
+  http::response res;
+  std::string_view error_code;
+  std::optional<result<runtime::infer_result>> held;
+  runtime::infer_result const* result_for_log = nullptr;
+  auto refuse = [&](ray::error const& err) {
+    error_code = code_name(err.code);
+    res = api::error_response(err, envelope::openai);
+    app_.rt.count_rejection(err.code);
+    if (app_.rejections) app_.rejections->record(error_code, {{"route", route.label}});
+  };
+
+  runtime::chat_request call;
+  std::string requested_model;
+  bool stream = false;
+  bool tools = false;
+  std::optional<ray::error> bad;
+  auto forward = [&call](openai::sampling_fields const& f) {
+    call.max_tokens = f.max_tokens;
+    call.temperature = f.temperature;
+    call.top_p = f.top_p;
+    call.seed = f.seed;
+    call.stop = f.stop;
+    if (f.frequency_penalty) call.extra["frequency_penalty"] = *f.frequency_penalty;
+    if (f.presence_penalty) call.extra["presence_penalty"] = *f.presence_penalty;
+    if (f.top_k) call.extra["top_k"] = *f.top_k;
+    if (f.min_p) call.extra["min_p"] = *f.min_p;
+    if (f.repeat_penalty) call.extra["repeat_penalty"] = *f.repeat_penalty;
+    if (!f.logit_bias.is_null()) call.extra["logit_bias"] = f.logit_bias;
+  };
+  bool const x_ray_cache = iequals(trim(ex.req()["x-ray-cache"]), "on");
+  if (completion) {
+    auto d = openai::decode_completion(ex.req().body());
+    if (!d) {
+      bad = d.error();
+    } else {
+      requested_model = d->model;
+      stream = d->stream;
+      forward(*d);
+      call.cacheable = openai::cacheable(*d, x_ray_cache);
+      call.canonical = d->prompt;
+      call.prompt = std::move(d->prompt);
+    }
+  } else {
+    auto d = openai::decode_chat(ex.req().body());
+    if (!d) {
+      bad = d.error();
+    } else {
+      requested_model = d->model;
+      stream = d->stream;
+      tools = d->has_tools();
+      forward(*d);
+      call.cacheable = openai::cacheable(*d, x_ray_cache);
+      call.canonical = openai::canonical_messages(d->messages);
+      if (d->response_format_type && *d->response_format_type != "text") {
+        call.json_mode = true;
+        call.extra["response_format"] = d->response_format;
+      }
+      for (auto& m : d->messages)
+        call.messages.push_back({m.role, std::move(m.content), m.name, m.tool_call_id});
+    }
+  }
+  if (!bad) {
+    auto model = openai::resolve_model(requested_model, cfg);
+    if (!model) {
+      bad = model.error();
+    } else if (!requested_model.empty() && !openai::is_configured_model(requested_model, cfg) &&
+               std::find(warned_models_.begin(), warned_models_.end(), requested_model) ==
+                   warned_models_.end() &&
+               warned_models_.size() < 64) {
+      warned_models_.push_back(requested_model);
+      app_.log.warn("unknown model name accepted",
+                    {{"requested", requested_model}, {"served", cfg.model.id}});
+    }
+  }
+  if (!bad && stream)
+    bad = ray::error{errc::not_implemented,
+                     "streaming responses (stream: true) are not available in this build of Ray yet; send "
+                     "stream: false"};
+  if (!bad && tools)
+    bad = ray::error{errc::not_implemented, "tool calls are not available in this build of Ray yet"};
+  if (!call.extra.empty()) call.extra_key = telemetry::to_json(call.extra);
+
+  if (bad) {
+    refuse(*bad);
+  } else {
+    auto outcome = co_await (ex.client_gone() || app_.rt.chat(std::move(call)));
+    if (outcome.index() == 0) {
+      ex.close_after_response();
+      record(route, 499, ex.received_at(), ex.request_id(), "client_closed_request");
+      co_return;
+    }
+    held = std::move(std::get<1>(outcome));
+    auto& r = *held;
+    if (!r) {
+      refuse(r.error());
+    } else {
+      auto created = std::chrono::duration_cast<std::chrono::seconds>(
+          std::chrono::system_clock::now().time_since_epoch());
+      boost::json::object choice{{"index", 0}};
+      if (completion) {
+        choice["text"] = r->output;
+        choice["logprobs"] = nullptr;
+      } else {
+        choice["message"] = boost::json::object{{"role", "assistant"}, {"content", r->output}};
+      }
+      choice["finish_reason"] = r->finish_reason.empty() ? "stop" : r->finish_reason;
+      std::uint32_t const pt = r->prompt_tokens.value_or(0);
+      std::uint32_t const ct = r->completion_tokens.value_or(0);
+      boost::json::object o{
+          {"id", (completion ? "cmpl-" : "chatcmpl-") + ex.request_id().substr(4)},
+          {"object", completion ? "text_completion" : "chat.completion"},
+          {"created", created.count()},
+          {"model", cfg.model.id},
+          {"choices", boost::json::array{std::move(choice)}},
+          {"usage",
+           boost::json::object{{"prompt_tokens", pt}, {"completion_tokens", ct}, {"total_tokens", pt + ct}}}};
+      res = json_response(http::status::ok, telemetry::to_json(o));
+      res.set("x-ray-max-tokens", std::to_string(r->degradation.applied_max_tokens));
+      if (r->degradation.applied) res.set("x-ray-degraded", "true");
+      if (r->cached) res.set("x-ray-cache", "hit");
+      result_for_log = &*r;
     }
   }
   add_cors(ex.req().base(), res);

@@ -103,7 +103,10 @@ class mock_backend final : public backend {
       }
     }
     auto const done = std::chrono::steady_clock::now();
-    out.prompt_tokens = static_cast<std::uint32_t>(estimate_tokens(req.system) + estimate_tokens(req.prompt));
+    std::size_t prompt_tokens = estimate_tokens(req.system) + estimate_tokens(req.prompt);
+    for (auto const& m : req.messages)
+      prompt_tokens += estimate_tokens(m.content);
+    out.prompt_tokens = static_cast<std::uint32_t>(prompt_tokens);
     out.completion_tokens = static_cast<std::uint32_t>(estimate_tokens(full));
     out.tokens_evaluated = *out.prompt_tokens;
     out.text = std::move(full);

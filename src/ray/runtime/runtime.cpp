@@ -480,6 +480,147 @@ asio::awaitable<result<infer_result>> runtime::impl::join_or_start(prepared p) {
   co_return r;
 }
 
+asio::awaitable<result<infer_result>> runtime::chat(chat_request req) {
+  auto& im = *impl_;
+  auto const arrived = im.clock.now();
+  auto fail = [&im](ray::error err) -> result<infer_result> {
+    im.reject(err);
+    return err;
+  };
+  im.refresh_limits();
+
+  infer_result base;
+  base.model = cfg_.model.id;
+  std::size_t chars = 0;
+  std::uint32_t prompt_tokens = 0;
+  if (req.prompt) {
+    chars = count_code_points(*req.prompt);
+    prompt_tokens = static_cast<std::uint32_t>(estimate_tokens(*req.prompt));
+  } else {
+    for (auto const& m : req.messages) {
+      chars += count_code_points(m.content);
+      prompt_tokens += static_cast<std::uint32_t>(estimate_tokens(m.content)) + 4;  // role + template markers
+    }
+  }
+  base.prompt_chars = chars;
+  base.prompt = {"openai", chars, chars};
+
+  std::uint32_t const context = context_window();
+  std::uint32_t const cap = cfg_.openai.default_max_tokens.value_or(cfg_.model.max_output_tokens);
+  std::uint32_t const requested = req.max_tokens.value_or(cap);
+  std::uint32_t max_tokens = std::min(requested, cfg_.model.max_output_tokens);  // above the cap: clamped
+  if (prompt_tokens >= context) {
+    ray::error err{errc::context_length_exceeded,
+                   "This model's maximum context length is " + std::to_string(context) +
+                       " tokens. However, you requested " + std::to_string(prompt_tokens + requested) +
+                       " tokens (" + std::to_string(prompt_tokens) + " in the messages, " +
+                       std::to_string(requested) +
+                       " in the completion). Please reduce the length of the messages or completion."};
+    err.param = "messages";
+    co_return fail(err);
+  }
+  if (prompt_tokens + max_tokens > context) max_tokens = context - prompt_tokens;  // clamped, never a 400
+
+  auto decision = im.pressure_decision();
+  auto& deg = base.degradation;
+  if (decision.clamp_to) {
+    if (req.json_mode) {
+      ray::error err{errc::overloaded,
+                     "the gateway is under pressure and does not cut JSON answers short; retry after the "
+                     "Retry-After delay"};
+      err.retry_after_ms = im.sched.retry_after_ms(im.sched.stats().queue_depth);
+      co_return fail(err);
+    }
+    for (auto r : decision.reasons)
+      deg.reasons.emplace_back(r);
+    max_tokens = std::max<std::uint32_t>(1, std::min(max_tokens, *decision.clamp_to));
+  }
+  deg.applied = !deg.reasons.empty();
+  deg.requested_max_tokens = requested;
+  deg.applied_max_tokens = max_tokens;
+  for (auto const& r : deg.reasons)
+    im.degradations.with({r}).inc();
+
+  std::optional<cache::cache_key> key;
+  if (req.cacheable && cfg_.cache.enabled) {
+    cache::request_key_fields f;
+    f.route = req.prompt ? "completions" : "chat";
+    f.model_id = cfg_.model.id;
+    f.backend_identity = im.desc.identity;
+    f.input = req.canonical;
+    f.seed = req.seed;
+    f.stop = req.stop;
+    f.max_tokens = requested;
+    f.temperature = req.temperature;
+    f.top_p = req.top_p;
+    f.extra_params = req.extra_key;
+    key = cache::request_key(f, cfg_.cache.key_strategy == config::cache_key_strategy::input
+                                    ? cache::key_strategy::input
+                                    : cache::key_strategy::input_params);
+    if (auto const* hit = im.cache.get(*key)) {
+      im.cache_hits.inc();
+      infer_result r = base;
+      r.output = hit->output;
+      r.finish_reason = hit->finish_reason;
+      r.prompt_tokens = hit->prompt_tokens;
+      r.completion_tokens = hit->completion_tokens;
+      r.completion_chars = hit->completion_chars;
+      r.provider = hit->provider;
+      r.cached = true;
+      r.latency_ms = ms_between(arrived, im.clock.now());
+      co_return r;
+    }
+    im.cache_misses.inc();
+  }
+
+  std::uint64_t const cost = std::uint64_t{prompt_tokens} + max_tokens;
+  auto const& lim = im.sched.current_limits();
+  if (cost > lim.max_inflight_tokens || cost > lim.max_queued_tokens) {
+    std::uint64_t budget = std::min(lim.max_inflight_tokens, lim.max_queued_tokens);
+    ray::error err{errc::request_token_budget_exceeded, "the request needs ~" + std::to_string(cost) +
+                                                            " tokens (prompt + max_tokens); the budget is " +
+                                                            std::to_string(budget) +
+                                                            "; shorten the messages or lower max_tokens"};
+    err.details["requestTokens"] = cost;
+    err.details["budgetTokens"] = budget;
+    co_return fail(err);
+  }
+
+  prepared p;
+  if (cfg_.scheduler.dedupe_inflight && key) {
+    p.flight_key = "o:" + key->hex();
+    if (deg.applied) p.flight_key += ":d" + std::to_string(max_tokens);
+  }
+  p.arrived = arrived;
+  p.cost = cost;
+  p.shed = decision.shed;
+  p.lane =
+      scheduler::classify_lane(req.json_mode, max_tokens, std::nullopt, cfg_.scheduler.short_job_max_tokens);
+  if (req.prompt) {
+    p.gen.prompt = std::move(*req.prompt);
+    p.gen.raw_completion = true;
+  } else {
+    std::uint64_t h = 0xcbf29ce484222325ULL;
+    for (auto const& m : req.messages)
+      if (m.role == "system")
+        for (unsigned char c : m.content)
+          h = (h ^ c) * 0x100000001b3ULL;
+    p.gen.affinity_key = h;  // family key on OpenAI routes: the system/developer messages
+    p.gen.messages = std::move(req.messages);
+  }
+  p.gen.max_tokens = max_tokens;
+  p.gen.temperature = req.temperature;
+  p.gen.top_p = req.top_p;
+  p.gen.seed = req.seed;
+  p.gen.stop = std::move(req.stop);
+  p.gen.json_mode = false;  // response_format (json_object or json_schema) travels in `extra`
+  p.gen.extra = std::move(req.extra);
+  p.cache_key = key;
+  p.base = std::move(base);
+  auto out = co_await im.join_or_start(std::move(p));
+  co_return out;
+}
+
 runtime::runtime(asio::any_io_executor ex, config::config const& cfg, backend::backend& be,
                  telemetry::registry& metrics, telemetry::logger& log, system::sampler* sampler,
                  ray::clock const& clock)

@@ -50,6 +50,22 @@ struct infer_request {
   std::map<std::string, std::string> template_variables{};
 };
 
+// A decoded OpenAI chat or completion request (api decodes; no prompt compiler or truncation on these
+// routes).
+struct chat_request {
+  std::vector<backend::chat_message> messages;  // chat; empty for a completion
+  std::optional<std::string> prompt{};          // completion
+  std::optional<std::uint32_t> max_tokens{};
+  std::optional<double> temperature{}, top_p{};
+  std::optional<std::int64_t> seed{};
+  std::vector<std::string> stop{};
+  bool json_mode{false};        // response_format json_object / json_schema: never clamped
+  boost::json::object extra{};  // forwarded fields (penalties, top_k, min_p, response_format, …)
+  bool cacheable{false};        // temperature 0 or a seed (and no tools), or x-ray-cache: on
+  std::string canonical{};      // canonical messages or prompt (cache key)
+  std::string extra_key{};      // canonical text of `extra` (cache key)
+};
+
 struct degradation_report {
   bool applied{false};
   std::vector<std::string> reasons{};
@@ -123,6 +139,10 @@ class runtime {
   // Runs one native inference. Errors are values (template, context, budget, queue, pressure, deadline,
   // backend).
   boost::asio::awaitable<result<infer_result>> infer(infer_request req);
+  // Runs one OpenAI chat/completion (non-streaming). The applied max tokens is in
+  // degradation.applied_max_tokens (clamped to the cap and to the context left, never an error); a prompt
+  // that does not fit is errc::context_length_exceeded with OpenAI's wording.
+  boost::asio::awaitable<result<infer_result>> chat(chat_request req);
 
   // Counts a rejection decided outside the runtime (HTTP framing, decoding) in ray_rejections_total{reason}.
   void count_rejection(errc code);
