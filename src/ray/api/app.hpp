@@ -83,6 +83,10 @@ class router final : public http::handler {
  private:
   boost::asio::awaitable<void> handle_infer(http::exchange& ex);
   boost::asio::awaitable<void> handle_openai(http::exchange& ex, bool completion);
+  // Streams an admitted OpenAI request as server-sent events; returns the status it answered for the log.
+  boost::asio::awaitable<unsigned> stream_openai(http::exchange& ex, runtime::chat_request call,
+                                                 bool completion, bool include_usage,
+                                                 std::string_view& error_code);
   http::response json_response(http::status st, std::string body) const;
   http::response readyz() const;
   http::response health() const;

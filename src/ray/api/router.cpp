@@ -1,7 +1,16 @@
 #include "ray/api/app.hpp"
 #include "ray/api/openai.hpp"
 
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 
 #include <algorithm>
@@ -544,6 +553,7 @@ boost::asio::awaitable<void> router::handle_openai(http::exchange& ex, bool comp
   runtime::chat_request call;
   std::string requested_model;
   bool stream = false;
+  bool include_usage = false;
   bool tools = false;
   std::optional<ray::error> bad;
   auto forward = [&call](openai::sampling_fields const& f) {
@@ -567,6 +577,7 @@ boost::asio::awaitable<void> router::handle_openai(http::exchange& ex, bool comp
     } else {
       requested_model = d->model;
       stream = d->stream;
+      include_usage = d->include_usage;
       forward(*d);
       call.cacheable = openai::cacheable(*d, x_ray_cache);
       call.canonical = d->prompt;
@@ -579,6 +590,7 @@ boost::asio::awaitable<void> router::handle_openai(http::exchange& ex, bool comp
     } else {
       requested_model = d->model;
       stream = d->stream;
+      include_usage = d->include_usage;
       tools = d->has_tools();
       forward(*d);
       call.cacheable = openai::cacheable(*d, x_ray_cache);
@@ -604,14 +616,15 @@ boost::asio::awaitable<void> router::handle_openai(http::exchange& ex, bool comp
                     {{"requested", requested_model}, {"served", cfg.model.id}});
     }
   }
-  if (!bad && stream)
-    bad = ray::error{errc::not_implemented,
-                     "streaming responses (stream: true) are not available in this build of Ray yet; send "
-                     "stream: false"};
   if (!bad && tools)
     bad = ray::error{errc::not_implemented, "tool calls are not available in this build of Ray yet"};
   if (!call.extra.empty()) call.extra_key = telemetry::to_json(call.extra);
 
+  if (!bad && stream) {
+    unsigned status = co_await stream_openai(ex, std::move(call), completion, include_usage, error_code);
+    record(route, status, ex.received_at(), ex.request_id(), error_code);
+    co_return;
+  }
   if (bad) {
     refuse(*bad);
   } else {
@@ -657,6 +670,205 @@ boost::asio::awaitable<void> router::handle_openai(http::exchange& ex, bool comp
   unsigned status = static_cast<unsigned>(res.result());
   co_await ex.respond(std::move(res));
   record(route, status, ex.received_at(), ex.request_id(), error_code, result_for_log);
+}
+
+namespace {
+
+constexpr auto stream_tuple = boost::asio::as_tuple(boost::asio::use_awaitable);
+
+// One server-sent event. (Built outside co_await expressions: GCC 12 cannot put a string literal operand of a
+// co_await expression into the coroutine frame — "array used as initializer".)
+std::string sse_data(std::string_view payload) {
+  std::string out;
+  out.reserve(payload.size() + 8);
+  out.append("data: ").append(payload).append("\n\n");
+  return out;
+}
+
+// The listener side of a stream: deltas queue here (bounded by server.streamBufferBytes) and wake the writer.
+struct stream_buffer final : runtime::stream_listener {
+  stream_buffer(boost::asio::any_io_executor ex, std::size_t limit) : wake(ex), limit(limit) {}
+  void on_text(std::string_view delta) override {
+    if (overflow) return;
+    queued += delta.size();
+    if (queued > limit) {
+      overflow =
+          true;  // a client this far behind is dropped with an error event, not allowed to grow the flight
+    } else {
+      deltas.emplace_back(delta);
+    }
+    wake.cancel();
+  }
+  boost::asio::steady_timer wake;
+  std::vector<std::string> deltas;
+  std::size_t queued{0};
+  std::size_t limit;
+  bool overflow{false};
+  bool done{false};
+  std::optional<result<runtime::infer_result>> outcome;
+};
+
+}  // namespace
+
+boost::asio::awaitable<unsigned> router::stream_openai(http::exchange& ex, runtime::chat_request call,
+                                                       bool completion, bool include_usage,
+                                                       std::string_view& error_code) {
+  namespace asio = boost::asio;
+  using namespace boost::asio::experimental::awaitable_operators;
+  auto const& cfg = app_.cfg();
+  auto ex_exec = co_await asio::this_coro::executor;
+  stream_buffer buf(ex_exec, cfg.server.stream_buffer_bytes);
+  asio::cancellation_signal cancel;
+  // The generation runs beside this writer; it only touches `buf` (this frame outlives it: we wait for
+  // `done`).
+  asio::co_spawn(
+      ex_exec,
+      [](runtime::runtime& rt, runtime::chat_request c, stream_buffer& b) -> asio::awaitable<void> {
+        auto out = co_await rt.chat(std::move(c), &b);
+        b.outcome = std::move(out);
+        b.done = true;
+        b.wake.cancel();
+      }(app_.rt, std::move(call), buf),
+      asio::bind_cancellation_slot(cancel.slot(), asio::detached));
+
+  std::string const id = (completion ? "cmpl-" : "chatcmpl-") + ex.request_id().substr(4);
+  auto const created =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
+  auto chunk = [&](std::string_view text, boost::json::value finish) {
+    boost::json::object choice{{"index", 0}};
+    if (completion) {
+      choice["text"] = text;
+      choice["logprobs"] = nullptr;
+    } else {
+      choice["delta"] = finish.is_null() ? boost::json::object{{"content", text}} : boost::json::object{};
+    }
+    choice["finish_reason"] = finish;
+    boost::json::object o{{"id", id},
+                          {"object", completion ? "text_completion" : "chat.completion.chunk"},
+                          {"created", created},
+                          {"model", cfg.model.id},
+                          {"choices", boost::json::array{std::move(choice)}}};
+    return sse_data(telemetry::to_json(o));
+  };
+
+  bool headers = false;
+  bool alive = true;
+  auto send_headers = [&]() -> asio::awaitable<bool> {
+    headers = true;
+    http::response head{http::status::ok, 11};
+    head.set(http::field::content_type, "text/event-stream");
+    head.set(http::field::cache_control, "no-cache");
+    head.set("x-accel-buffering", "no");
+    add_cors(ex.req().base(), head);
+    bool ok = co_await ex.begin_stream(std::move(head));
+    if (ok && !completion) {
+      boost::json::object first{
+          {"id", id},
+          {"object", "chat.completion.chunk"},
+          {"created", created},
+          {"model", cfg.model.id},
+          {"choices", boost::json::array{boost::json::object{
+                          {"index", 0},
+                          {"delta", boost::json::object{{"role", "assistant"}, {"content", ""}}},
+                          {"finish_reason", nullptr}}}}};
+      std::string const line = sse_data(telemetry::to_json(first));
+      ok = co_await ex.write_chunk(line);
+    }
+    co_return ok;
+  };
+
+  auto const keepalive = std::chrono::milliseconds(cfg.server.sse_keep_alive_ms);
+  bool streamed_any = false;
+  while (alive) {
+    if (!buf.deltas.empty() && !buf.overflow) {
+      if (!headers) alive = co_await send_headers();
+      std::string out;
+      for (auto const& d : buf.deltas)
+        out += chunk(d, nullptr);
+      buf.deltas.clear();
+      buf.queued = 0;
+      streamed_any = true;
+      if (alive) alive = co_await ex.write_chunk(out);
+      continue;
+    }
+    if (buf.done || buf.overflow) break;
+    buf.wake.expires_after(keepalive);
+    // client_gone() first (see runtime.cpp on parallel_group and inline completion).
+    auto r = co_await (ex.client_gone() || buf.wake.async_wait(stream_tuple));
+    if (r.index() == 0) {
+      alive = false;
+      break;
+    }
+    auto [ec] = std::get<1>(r);
+    if (!ec && !buf.done && buf.deltas.empty()) {  // the keep-alive is due
+      if (!headers) alive = co_await send_headers();
+      static constexpr std::string_view ping = ": ping\n\n";  // not a literal inside co_await (GCC 12)
+      if (alive) alive = co_await ex.write_chunk(ping);
+    }
+  }
+
+  if (!alive || buf.overflow) {
+    // The client left (or fell too far behind): leave the flight; the last waiter out cancels the backend
+    // call.
+    cancel.emit(asio::cancellation_type::terminal);
+    if (alive && buf.overflow) {
+      ray::error err{errc::overloaded, "the client read the stream too slowly (server.streamBufferBytes)"};
+      std::string const line = sse_data(telemetry::to_json(
+          boost::json::object{{"error", boost::json::object{{"message", err.message},
+                                                            {"type", "server_error"},
+                                                            {"code", code_name(err.code)}}}}));
+      co_await ex.write_chunk(line);
+      co_await ex.end_stream();
+    }
+    while (!buf.done) {
+      buf.wake.expires_after(std::chrono::milliseconds(50));
+      co_await buf.wake.async_wait(stream_tuple);
+    }
+    ex.close_after_response();
+    error_code = "client_closed_request";
+    co_return 499;
+  }
+
+  auto& outcome = *buf.outcome;
+  if (!outcome) {
+    error_code = code_name(outcome.error().code);
+    app_.rt.count_rejection(outcome.error().code);
+    if (!headers) {
+      // Decided before anything was sent (admission, context, pressure): a real HTTP status with its headers.
+      auto res = api::error_response(outcome.error(), envelope::openai);
+      add_cors(ex.req().base(), res);
+      unsigned st = static_cast<unsigned>(res.result());
+      co_await ex.respond(std::move(res));
+      co_return st;
+    }
+    auto body = boost::json::parse(api::error_response(outcome.error(), envelope::openai).body());
+    std::string const line = sse_data(telemetry::to_json(body));
+    co_await ex.write_chunk(line);  // and no [DONE]
+    co_await ex.end_stream();
+    co_return 200;
+  }
+  auto const& r = *outcome;
+  if (!headers && !(co_await send_headers())) co_return 200;
+  std::string out;
+  if (!streamed_any && !r.output.empty()) out += chunk(r.output, nullptr);  // a cache hit arrives whole
+  out += chunk("", boost::json::value(r.finish_reason.empty() ? "stop" : r.finish_reason));
+  if (include_usage) {
+    std::uint32_t const pt = r.prompt_tokens.value_or(0);
+    std::uint32_t const ct = r.completion_tokens.value_or(0);
+    boost::json::object usage{
+        {"id", id},
+        {"object", completion ? "text_completion" : "chat.completion.chunk"},
+        {"created", created},
+        {"model", cfg.model.id},
+        {"choices", boost::json::array{}},
+        {"usage",
+         boost::json::object{{"prompt_tokens", pt}, {"completion_tokens", ct}, {"total_tokens", pt + ct}}}};
+    out += sse_data(telemetry::to_json(usage));
+  }
+  out += sse_data("[DONE]");
+  if (co_await ex.write_chunk(out)) co_await ex.end_stream();
+  co_return 200;
 }
 
 }  // namespace ray::api

@@ -77,6 +77,14 @@ class exchange {
   asio::awaitable<void> respond(response res);
   bool responded() const noexcept { return responded_; }
 
+  // Streaming (chunked) response: begin_stream() sends the status line and headers (`transfer-encoding:
+  // chunked`, x-request-id, the handler's extra headers); write_chunk() sends one chunk; end_stream() the
+  // last, empty one. Each returns false when the client is gone or a write timed out (then stop writing).
+  // Counts as the exchange's one response.
+  asio::awaitable<bool> begin_stream(response head);
+  asio::awaitable<bool> write_chunk(std::string_view data);
+  asio::awaitable<bool> end_stream();
+
   // Completes when the client has gone away (EOF or error) while the request is being handled; buffered bytes
   // of a pipelined next request do not count. Cancellable through the awaiting coroutine's cancellation slot.
   asio::awaitable<void> client_gone();

@@ -142,6 +142,8 @@ class connection {
   }
 
   asio::awaitable<void> client_gone();
+  asio::awaitable<bool> write_raw(std::array<asio::const_buffer, 3> buffers);
+  asio::awaitable<bool> write_head(response& head);
   tcp::endpoint peer() const noexcept { return peer_; }
   bool draining() const noexcept;
 
@@ -222,6 +224,23 @@ asio::awaitable<bool> connection::write_response(response& res, bool head_only, 
   } else {
     std::tie(ec, std::ignore) = co_await beast::http::async_write(socket_, res, use_tuple);
   }
+  clear_deadline();
+  co_return !ec;
+}
+
+asio::awaitable<bool> connection::write_raw(std::array<asio::const_buffer, 3> buffers) {
+  set_deadline(srv_.limits_.write_timeout_ms);
+  auto [ec, n] = co_await asio::async_write(socket_, buffers, use_tuple);
+  (void)n;
+  clear_deadline();
+  co_return !ec;
+}
+
+asio::awaitable<bool> connection::write_head(response& head) {
+  beast::http::response_serializer<beast::http::string_body> sr{head};
+  set_deadline(srv_.limits_.write_timeout_ms);
+  auto [ec, n] = co_await beast::http::async_write_header(socket_, sr, use_tuple);
+  (void)n;
   clear_deadline();
   co_return !ec;
 }
@@ -508,6 +527,38 @@ asio::awaitable<void> exchange::respond(response res) {
 
 asio::awaitable<void> exchange::client_gone() {
   return conn_.client_gone();
+}
+
+asio::awaitable<bool> exchange::begin_stream(response head) {
+  if (responded_) co_return false;
+  responded_ = true;
+  if (conn_.draining()) close_ = true;
+  head.set("x-request-id", request_id_);
+  for (auto const& [name, value] : conn_.extra_)
+    head.set(name, value);
+  head.keep_alive(!close_);
+  head.chunked(true);
+  head.body().clear();
+  bool ok = co_await conn_.write_head(head);
+  if (!ok) close_ = true;
+  co_return ok;
+}
+
+asio::awaitable<bool> exchange::write_chunk(std::string_view data) {
+  if (data.empty()) co_return true;
+  char size_line[24];
+  int len = std::snprintf(size_line, sizeof size_line, "%zx\r\n", data.size());
+  bool ok = co_await conn_.write_raw({asio::buffer(size_line, static_cast<std::size_t>(len)),
+                                      asio::buffer(data.data(), data.size()), asio::buffer("\r\n", 2)});
+  if (!ok) close_ = true;
+  co_return ok;
+}
+
+asio::awaitable<bool> exchange::end_stream() {
+  bool ok =
+      co_await conn_.write_raw({asio::buffer("0\r\n\r\n", 5), asio::const_buffer(), asio::const_buffer()});
+  if (!ok) close_ = true;
+  co_return ok;
 }
 
 // ---------------------------------------------------------------------------------------------------------------

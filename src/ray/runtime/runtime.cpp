@@ -72,8 +72,10 @@ struct flight {
   config::lane lane{config::lane::draft};
   ray::clock::time_point arrived{};
   std::optional<cache::cache_key> cache_key;
-  infer_result base;     // model, prompt chars, degradation and prompt reports
-  std::string produced;  // text streamed so far (late joiners of streams will start from it)
+  infer_result base;                // model, prompt chars, degradation and prompt reports
+  std::string produced;             // text streamed so far
+  std::vector<std::string> deltas;  // the same, delta by delta (replayed to late joiners of streams)
+  std::vector<ray::runtime::stream_listener*> listeners;
 };
 
 class flight_sink final : public backend::token_sink {
@@ -82,6 +84,9 @@ class flight_sink final : public backend::token_sink {
   void on_delta(std::string_view text) override {
     f_.ph = phase::decode;
     f_.produced.append(text);
+    f_.deltas.emplace_back(text);
+    for (auto* l : f_.listeners)
+      l->on_text(text);
   }
 
  private:
@@ -98,6 +103,7 @@ struct prepared {
   infer_result base;
   ray::clock::time_point arrived{};
   bool shed{false};
+  ray::runtime::stream_listener* listener{nullptr};
 };
 
 }  // namespace
@@ -457,9 +463,15 @@ asio::awaitable<result<infer_result>> runtime::impl::join_or_start(prepared p) {
     asio::co_spawn(ex, run_flight(f), asio::bind_cancellation_slot(f->cancel.slot(), asio::detached));
   }
 
-  // Wait as one of the flight's waiters.
+  // Wait as one of the flight's waiters (a streaming one first catches up on what was produced).
   ++f->waiters;
+  if (p.listener && !f->finished) {
+    for (auto const& d : f->deltas)
+      p.listener->on_text(d);
+    f->listeners.push_back(p.listener);
+  }
   if (!f->finished) co_await f->done.async_wait(use_tuple);
+  if (p.listener) std::erase(f->listeners, p.listener);
   --f->waiters;
   if (!f->finished) {
     // This waiter left (its client went away). The last one out cancels the shared call.
@@ -480,7 +492,7 @@ asio::awaitable<result<infer_result>> runtime::impl::join_or_start(prepared p) {
   co_return r;
 }
 
-asio::awaitable<result<infer_result>> runtime::chat(chat_request req) {
+asio::awaitable<result<infer_result>> runtime::chat(chat_request req, stream_listener* listener) {
   auto& im = *impl_;
   auto const arrived = im.clock.now();
   auto fail = [&im](ray::error err) -> result<infer_result> {
@@ -617,6 +629,7 @@ asio::awaitable<result<infer_result>> runtime::chat(chat_request req) {
   p.gen.extra = std::move(req.extra);
   p.cache_key = key;
   p.base = std::move(base);
+  p.listener = listener;
   auto out = co_await im.join_or_start(std::move(p));
   co_return out;
 }

@@ -98,6 +98,15 @@ struct infer_result {
   backend::generation_result provider{};  // text moved into `output`
 };
 
+// Receives a streamed answer's text as the backend produces it (on the runtime's executor). A waiter that
+// joins a flight late first receives every delta produced so far, one call each, so every waiter sees the
+// same sequence.
+class stream_listener {
+ public:
+  virtual ~stream_listener() = default;
+  virtual void on_text(std::string_view delta) = 0;
+};
+
 struct runtime_stats {
   std::uint32_t queue_depth{0};
   std::uint32_t in_flight{0};
@@ -142,7 +151,7 @@ class runtime {
   // Runs one OpenAI chat/completion (non-streaming). The applied max tokens is in
   // degradation.applied_max_tokens (clamped to the cap and to the context left, never an error); a prompt
   // that does not fit is errc::context_length_exceeded with OpenAI's wording.
-  boost::asio::awaitable<result<infer_result>> chat(chat_request req);
+  boost::asio::awaitable<result<infer_result>> chat(chat_request req, stream_listener* listener = nullptr);
 
   // Counts a rejection decided outside the runtime (HTTP framing, decoding) in ray_rejections_total{reason}.
   void count_rejection(errc code);
