@@ -152,9 +152,10 @@ TEST(OpenAiChat, RejectedFieldsAndNotYetAvailableFeaturesSaySo) {
                      R"({"model":"m","messages":[{"role":"user","content":"x"}],"n":2})");
   ASSERT_EQ(n2.status, 400);
   EXPECT_EQ(rt::string_field(json_body(n2)->at("error").as_object(), "param"), "n");
-  auto stream = post_one(s, "/v1/chat/completions",
-                         R"({"model":"m","messages":[{"role":"user","content":"x"}],"stream":true})");
-  EXPECT_EQ(stream.status, 501);
+  auto tools = post_one(s, "/v1/chat/completions",
+                        R"({"model":"m","messages":[{"role":"user","content":"x"}],)"
+                        R"("tools":[{"type":"function","function":{"name":"f","parameters":{}}}]})");
+  EXPECT_EQ(tools.status, 501) << tools.describe();
   auto bad = post_one(s, "/v1/chat/completions", "{not json");
   EXPECT_EQ(bad.status, 400);
   EXPECT_EQ(rt::string_field(json_body(bad)->at("error").as_object(), "code"), "invalid_json");
@@ -170,6 +171,195 @@ TEST(OpenAiCompletions, APromptIsCompletedInTextCompletionShape) {
   auto const& choice = body->at("choices").as_array().at(0).as_object();
   EXPECT_EQ(choice.at("finish_reason").as_string(), "length");
   EXPECT_EQ(body->at("usage").at("completion_tokens").as_int64(), 5);
+}
+
+}  // namespace
+}  // namespace ray::itest
+
+namespace ray::itest {
+namespace {
+
+// The `data:` payloads of an SSE body, comments dropped.
+std::vector<std::string> sse_data_events(std::string const& body) {
+  std::vector<std::string> out;
+  std::size_t pos = 0;
+  while (pos < body.size()) {
+    auto end = body.find("\n\n", pos);
+    if (end == std::string::npos) break;
+    std::string_view ev(body.data() + pos, end - pos);
+    if (ev.rfind("data: ", 0) == 0) out.emplace_back(ev.substr(6));
+    pos = end + 2;
+  }
+  return out;
+}
+
+// An event with its per-response id and timestamp removed, for comparing sequences across clients.
+std::string without_ids(std::string const& data) {
+  if (data == "[DONE]") return data;
+  auto v = boost::json::parse(data);
+  if (v.is_object()) {
+    v.as_object().erase("id");
+    v.as_object().erase("created");
+  }
+  return boost::json::serialize(v);
+}
+
+std::string stream_body(std::string const& input, int max_tokens, bool usage = false) {
+  return R"({"model":"m","temperature":0,"stream":true,"max_tokens":)" + std::to_string(max_tokens) +
+         (usage ? R"(,"stream_options":{"include_usage":true})" : "") +
+         R"(,"messages":[{"role":"user","content":")" + input + R"("}]})";
+}
+
+TEST(OpenAiStream, ChunksArriveAsTheyAreProducedAndEndWithDone) {
+  // The mock streams one word every 50 ms: the first event is out long before the last word is produced.
+  auto cfg = test_config({}, {{"latencyMs", 0}, {"tokensPerSecond", 20}});
+  ray_server s(cfg, no_host_pressure());
+  ASSERT_TRUE(s.wait_listening());
+  auto c = s.connect();
+  ASSERT_TRUE(c.send(post_json("/v1/chat/completions", stream_body("a b c d e f g h", 40, true))));
+  auto r = c.read_response(rt::in(kIo));
+  ASSERT_TRUE(r) << c.last_error();
+  ASSERT_EQ(r->status, 200) << r->describe();
+  EXPECT_EQ(r->header("content-type").value_or(""), "text/event-stream");
+  EXPECT_EQ(r->header("cache-control").value_or(""), "no-cache");
+  EXPECT_TRUE(r->chunked);
+  EXPECT_GE(std::chrono::duration_cast<std::chrono::milliseconds>(r->done_at - r->head_at).count(), 200)
+      << "the body was not streamed: headers and end arrived together";
+  auto events = sse_data_events(r->body);
+  ASSERT_GE(events.size(), 5u) << r->body;
+  EXPECT_EQ(events.back(), "[DONE]");
+  auto usage = boost::json::parse(events[events.size() - 2]).as_object();
+  EXPECT_TRUE(usage.contains("usage")) << events[events.size() - 2];
+  auto first = boost::json::parse(events[0]).as_object();
+  EXPECT_EQ(first.at("object").as_string(), "chat.completion.chunk");
+  EXPECT_EQ(first.at("choices").at(0).at("delta").at("role").as_string(), "assistant");
+}
+
+TEST(OpenAiStream, AdmissionRejectionsAreRealStatusesNotEvents) {
+  auto cfg = with(test_config(), {{"server", boost::json::object{{"requestBodyLimitBytes", 60000}}}});
+  ray_server s(cfg, no_host_pressure());
+  ASSERT_TRUE(s.wait_listening());
+  auto c = s.connect();
+  ASSERT_TRUE(c.send(post_json("/v1/chat/completions", stream_body(std::string(20000, 'a'), 10))));
+  auto r = c.read_response(rt::in(kIo));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400) << r->describe();
+  EXPECT_EQ(rt::string_field(json_body(*r)->at("error").as_object(), "code"), "context_length_exceeded");
+}
+
+TEST(OpenAiStream, KeepAlivesAreSentWhileTheRequestWaits) {
+  auto cfg =
+      with(test_config({}, {{"latencyMs", 600}}), {{"server", boost::json::object{{"sseKeepAliveMs", 100}}}});
+  ray_server s(cfg, no_host_pressure());
+  ASSERT_TRUE(s.wait_listening());
+  auto c = s.connect();
+  ASSERT_TRUE(c.send(post_json("/v1/chat/completions", stream_body("hello", 5))));
+  auto r = c.read_response(rt::in(kIo));
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  EXPECT_NE(r->body.find(": ping\n\n"), std::string::npos) << r->body;
+  EXPECT_EQ(sse_data_events(r->body).back(), "[DONE]");
+}
+
+std::uint16_t start_double(std::unique_ptr<rt::ray_process>& proc, std::vector<std::string> args) {
+  std::vector<std::string> a{"--port", "0"};
+  a.insert(a.end(), args.begin(), args.end());
+  proc = std::make_unique<rt::ray_process>(rt::spawn_options{.binary = FAKE_LLAMA_SERVER, .args = a});
+  auto line =
+      proc->wait_for_log([](std::string_view l) { return l.rfind("listening ", 0) == 0; }, rt::in(kIo));
+  return line ? static_cast<std::uint16_t>(std::stoi(line->substr(10))) : 0;
+}
+
+boost::json::object attach_config() {
+  boost::json::object a{{"kind", "llama.cpp"},
+                        {"healthIntervalMs", 100},
+                        {"healthTimeoutMs", 500},
+                        {"timeoutMs", 5000},
+                        {"launchProfile", nullptr}};
+  return boost::json::object{{"profile", "sub1b"},
+                             {"model", boost::json::object{{"id", "tiny-llama"}, {"adapter", a}}},
+                             {"rateLimit", boost::json::object{{"enabled", false}}}};
+}
+
+bool ready(ray_server& s) {
+  return eventually([&] {
+    auto r = roundtrip(s.port(), get("/readyz"));
+    return r && r->status == 200;
+  });
+}
+
+TEST(OpenAiStream, AClientLeavingMidAnswerClosesTheUpstreamStream) {
+  std::unique_ptr<rt::ray_process> fake;
+  auto port = start_double(fake, {"-c", "2048", "-np", "2", "--gen-tps", "10"});
+  ASSERT_NE(port, 0);
+  auto args = no_host_pressure();
+  args.push_back("--backend-url");
+  args.push_back("http://127.0.0.1:" + std::to_string(port));
+  ray_server s(attach_config(), args);
+  ASSERT_TRUE(s.wait_listening());
+  ASSERT_TRUE(ready(s));
+  auto c = s.connect();
+  ASSERT_TRUE(c.send(post_json("/v1/chat/completions", stream_body("tell a long story", 100))));
+  ASSERT_TRUE(c.wait_readable(rt::in(kIo)));  // the stream has started (headers with the first token)
+  c.close();
+  // The double (10 tokens/s = 100 ms per token) sees its connection closed within 5 token intervals.
+  auto stats = [&] {
+    auto r = roundtrip(port, get("/__stats"));
+    return r ? json_body(*r).value_or(boost::json::object{}) : boost::json::object{};
+  };
+  EXPECT_TRUE(eventually(
+      [&] {
+        auto st = stats();
+        return st.contains("cancelled_streams") && st.at("cancelled_streams").as_int64() >= 1;
+      },
+      500ms));
+  EXPECT_TRUE(
+      eventually([&] { return counter(s.port(), "ray_cancellations_total{phase=\"decode\"}") == 1; }));
+}
+
+TEST(OpenAiStream, IdenticalStreamsShareOneUpstreamCallAndALateJoinerGetsTheWholeSequence) {
+  std::unique_ptr<rt::ray_process> fake;
+  auto port = start_double(fake, {"-c", "2048", "-np", "2", "--gen-tps", "20", "--hang-before-first-token"});
+  ASSERT_NE(port, 0);
+  auto args = no_host_pressure();
+  args.push_back("--backend-url");
+  args.push_back("http://127.0.0.1:" + std::to_string(port));
+  auto cfg = attach_config();
+  cfg["model"].as_object()["warmOnBoot"] = false;
+  ray_server s(cfg, args);
+  ASSERT_TRUE(s.wait_listening());
+  ASSERT_TRUE(ready(s));
+  std::string const body = stream_body("the same question", 12);
+  std::vector<rt::raw_client> clients;
+  for (int i = 0; i < 8; ++i) {
+    clients.push_back(s.connect());
+    ASSERT_TRUE(clients.back().send(post_json("/v1/chat/completions", body)));
+  }
+  ASSERT_TRUE(eventually([&] { return counter(s.port(), "ray_dedupe_joins_total") == 7; }));
+  ASSERT_TRUE(roundtrip(port, post_json("/__control", R"({"hang_before_first_token":false})")));
+  // A ninth client joins once tokens are flowing.
+  auto first = clients[0].wait_readable(rt::in(kIo));
+  ASSERT_TRUE(first);
+  auto late = s.connect();
+  ASSERT_TRUE(late.send(post_json("/v1/chat/completions", body)));
+  std::vector<std::vector<std::string>> sequences;
+  for (auto* c : {&clients[0], &clients[1], &clients[2], &clients[3], &clients[4], &clients[5], &clients[6],
+                  &clients[7], &late}) {
+    auto r = c->read_response(rt::in(kIo));
+    ASSERT_TRUE(r) << c->last_error();
+    ASSERT_EQ(r->status, 200) << r->describe();
+    std::vector<std::string> seq;
+    for (auto const& e : sse_data_events(r->body))
+      seq.push_back(without_ids(e));
+    sequences.push_back(std::move(seq));
+  }
+  for (std::size_t i = 1; i < sequences.size(); ++i)
+    EXPECT_EQ(sequences[i], sequences[0]) << "client " << i;
+  EXPECT_GE(sequences[0].size(), 4u);
+  auto st = roundtrip(port, get("/__stats"));
+  ASSERT_TRUE(st);
+  EXPECT_EQ(json_body(*st)->at("requests").at("/v1/chat/completions").as_int64(), 1) << st->body;
+  EXPECT_EQ(counter(s.port(), "ray_dedupe_joins_total"), 8);
 }
 
 }  // namespace
