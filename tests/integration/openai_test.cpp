@@ -364,3 +364,38 @@ TEST(OpenAiStream, IdenticalStreamsShareOneUpstreamCallAndALateJoinerGetsTheWhol
 
 }  // namespace
 }  // namespace ray::itest
+
+namespace ray::itest {
+namespace {
+
+TEST(OpenAiDeadline, ANonStreamingAnswerCutByTheDeadlineIsReturnedWithFinishReasonLength) {
+  // 10 words/s and a 600 ms total deadline: a few words are out when the deadline fires.
+  auto cfg = with(test_config({}, {{"latencyMs", 0}, {"tokensPerSecond", 10}}),
+                  {{"scheduler", boost::json::object{{"requestTimeoutMs", 600}}}});
+  ray_server s(cfg, no_host_pressure());
+  ASSERT_TRUE(s.wait_listening());
+  auto c = s.connect();
+  ASSERT_TRUE(c.send(post_json(
+      "/v1/chat/completions",
+      R"({"model":"m","max_tokens":150,"messages":[{"role":"user","content":"w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14 w15 w16 w17 w18 w19 w20"}]})")));
+  auto r = c.read_response(rt::in(kIo));
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->describe();
+  EXPECT_EQ(r->header("x-ray-truncated").value_or(""), "deadline");
+  auto body = json_body(*r);
+  ASSERT_TRUE(body) << r->describe();
+  auto const& choice = body->at("choices").as_array().at(0).as_object();
+  EXPECT_EQ(choice.at("finish_reason").as_string(), "length");
+  EXPECT_FALSE(choice.at("message").at("content").as_string().empty());
+
+  // The native route keeps its contract: the same deadline is 504 request_timeout.
+  auto n = s.connect();
+  ASSERT_TRUE(n.send(
+      post_json("/v1/infer", R"({"input":"w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14 w15 w16"})")));
+  auto nr = n.read_response(rt::in(kIo));
+  ASSERT_TRUE(nr);
+  EXPECT_TRUE(is_error(*nr, 504, "request_timeout"));
+}
+
+}  // namespace
+}  // namespace ray::itest

@@ -519,6 +519,14 @@ boost::asio::awaitable<void> router::handle_infer(http::exchange& ex) {
     }
     held = std::move(std::get<1>(outcome));
     auto& r = *held;
+    if (r && r->truncated_by_deadline) {
+      // The native contract: a total deadline is 504 request_timeout (the TypeScript gateway's behaviour).
+      ray::error err{errc::request_timeout,
+                     "the request did not complete within scheduler.requestTimeoutMs (" +
+                         std::to_string(app_.cfg().scheduler.request_timeout_ms) + " ms)"};
+      app_.rt.count_rejection(err.code);
+      r = err;
+    }
     if (!r) {
       error_code = code_name(r.error().code);
       res = api::error_response(r.error());
@@ -661,6 +669,7 @@ boost::asio::awaitable<void> router::handle_openai(http::exchange& ex, bool comp
            boost::json::object{{"prompt_tokens", pt}, {"completion_tokens", ct}, {"total_tokens", pt + ct}}}};
       res = json_response(http::status::ok, telemetry::to_json(o));
       res.set("x-ray-max-tokens", std::to_string(r->degradation.applied_max_tokens));
+      if (r->truncated_by_deadline) res.set("x-ray-truncated", "deadline");
       if (r->degradation.applied) res.set("x-ray-degraded", "true");
       if (r->cached) res.set("x-ray-cache", "hit");
       result_for_log = &*r;

@@ -360,6 +360,19 @@ asio::awaitable<void> runtime::impl::run_flight(std::shared_ptr<flight> f) {
     pump();
     cancellations.with({phase_name(f->ph)}).inc();
     backend_timeout.inc();
+    if (!f->produced.empty()) {
+      // Generation was under way: what was produced is the answer, cut by the deadline (OpenAI routes return
+      // it with finish_reason "length"; /v1/infer keeps its 504). Never cached.
+      infer_result r = f->base;
+      r.output = f->produced;
+      r.completion_chars = count_code_points(r.output);
+      r.completion_tokens = static_cast<std::uint32_t>(f->deltas.size());
+      r.finish_reason = "length";
+      r.truncated_by_deadline = true;
+      r.queue_ms = ms_between(f->arrived, dispatched_at);
+      finish(f, std::move(r));
+      co_return;
+    }
     ray::error err{errc::request_timeout, "the request did not complete within scheduler.requestTimeoutMs (" +
                                               std::to_string(cfg.scheduler.request_timeout_ms) + " ms)"};
     reject(err);

@@ -91,6 +91,7 @@ struct infer_result {
   std::optional<std::uint32_t> completion_tokens{};
   bool cached{false};
   bool deduplicated{false};
+  bool truncated_by_deadline{false};  // the total deadline cut the generation; `output` is what was produced
   double queue_ms{0};
   double latency_ms{0};
   degradation_report degradation{};
