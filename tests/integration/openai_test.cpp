@@ -399,3 +399,54 @@ TEST(OpenAiDeadline, ANonStreamingAnswerCutByTheDeadlineIsReturnedWithFinishReas
 
 }  // namespace
 }  // namespace ray::itest
+
+namespace ray::itest {
+namespace {
+
+TEST(OpenAiDeadline, StreamsAreBoundByTokenDeadlinesNotTheTotalOne) {
+  // 4 words/s for ~3 s against a 1 s total deadline: a stream keeps going while tokens keep coming.
+  auto cfg =
+      with(test_config({}, {{"latencyMs", 0}, {"tokensPerSecond", 4}}),
+           {{"scheduler", boost::json::object{{"requestTimeoutMs", 1000}, {"idleTokenTimeoutMs", 1000}}}});
+  ray_server s(cfg, no_host_pressure());
+  ASSERT_TRUE(s.wait_listening());
+  auto c = s.connect();
+  ASSERT_TRUE(
+      c.send(post_json("/v1/chat/completions",
+                       R"({"model":"m","stream":true,"max_tokens":60,"messages":[{"role":"user","content":)"
+                       R"("a b c d e f g h"}]})")));
+  auto r = c.read_response(rt::in(kIo));
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  EXPECT_GE(std::chrono::duration_cast<std::chrono::milliseconds>(r->done_at - r->head_at).count(), 1500);
+  auto events = sse_data_events(r->body);
+  ASSERT_GE(events.size(), 3u);
+  auto finish = boost::json::parse(events[events.size() - 2]);
+  EXPECT_EQ(finish.at("choices").at(0).at("finish_reason").as_string(), "stop") << r->body;
+}
+
+TEST(OpenAiDeadline, AnIdleGapLongerThanIdleTokenTimeoutEndsTheStreamWithWhatWasProduced) {
+  // One word every 500 ms, 300 ms allowed between tokens: the first word arrives, then the idle deadline ends
+  // it.
+  auto cfg = with(test_config({}, {{"latencyMs", 0}, {"tokensPerSecond", 2}}),
+                  {{"scheduler", boost::json::object{{"idleTokenTimeoutMs", 300}}}});
+  ray_server s(cfg, no_host_pressure());
+  ASSERT_TRUE(s.wait_listening());
+  auto c = s.connect();
+  ASSERT_TRUE(
+      c.send(post_json("/v1/chat/completions",
+                       R"({"model":"m","stream":true,"max_tokens":60,"messages":[{"role":"user","content":)"
+                       R"("a b c d e f g h"}]})")));
+  auto r = c.read_response(rt::in(kIo));
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  auto events = sse_data_events(r->body);
+  ASSERT_GE(events.size(), 3u) << r->body;
+  EXPECT_EQ(events.back(), "[DONE]");
+  auto finish = boost::json::parse(events[events.size() - 2]);
+  EXPECT_EQ(finish.at("choices").at(0).at("finish_reason").as_string(), "length") << r->body;
+  EXPECT_EQ(counter(s.port(), "ray_backend_requests_total{outcome=\"timeout\"}"), 1);
+}
+
+}  // namespace
+}  // namespace ray::itest

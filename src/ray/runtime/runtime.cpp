@@ -76,12 +76,30 @@ struct flight {
   std::string produced;             // text streamed so far
   std::vector<std::string> deltas;  // the same, delta by delta (replayed to late joiners of streams)
   std::vector<ray::runtime::stream_listener*> listeners;
+  // Streams are bounded by a first-token and an idle-token deadline instead of the total one: the sink
+  // re-arms `deadline` on every delta.
+  bool streaming{false};
+  std::chrono::milliseconds idle_token{0};
+  asio::steady_timer* deadline{nullptr};
 };
+
+// Completes when `t` expires; a re-arm (expires_after while waiting) keeps it waiting, a cancellation of the
+// awaiting operation ends it.
+asio::awaitable<std::tuple<boost::system::error_code>> deadline_watch(asio::steady_timer& t) {
+  auto cs = co_await asio::this_coro::cancellation_state;
+  co_await asio::this_coro::throw_if_cancelled(false);
+  for (;;) {
+    auto [ec] = co_await t.async_wait(use_tuple);
+    if (!ec) co_return std::tuple<boost::system::error_code>{};
+    if (cs.cancelled() != asio::cancellation_type::none) co_return std::tuple<boost::system::error_code>{ec};
+  }
+}
 
 class flight_sink final : public backend::token_sink {
  public:
   explicit flight_sink(flight& f) : f_(f) {}
   void on_delta(std::string_view text) override {
+    if (f_.streaming && f_.deadline) f_.deadline->expires_after(f_.idle_token);
     f_.ph = phase::decode;
     f_.produced.append(text);
     f_.deltas.emplace_back(text);
@@ -104,6 +122,7 @@ struct prepared {
   ray::clock::time_point arrived{};
   bool shed{false};
   ray::runtime::stream_listener* listener{nullptr};
+  bool streaming{false};  // first-token/idle-token deadlines instead of the total one
 };
 
 }  // namespace
@@ -341,12 +360,20 @@ asio::awaitable<void> runtime::impl::run_flight(std::shared_ptr<flight> f) {
   f->ph = phase::prefill;
   flight_sink sink(*f);
   asio::steady_timer deadline(ex);
-  auto left = total - std::chrono::duration_cast<std::chrono::milliseconds>(dispatched_at - f->arrived);
-  deadline.expires_after(std::chrono::duration_cast<steady::duration>(left));
+  if (f->streaming) {
+    deadline.expires_after(std::chrono::milliseconds(
+        cfg.scheduler.first_token_timeout_ms.value_or(cfg.scheduler.request_timeout_ms)));
+    f->idle_token = std::chrono::milliseconds(cfg.scheduler.idle_token_timeout_ms);
+    f->deadline = &deadline;
+  } else {
+    auto left = total - std::chrono::duration_cast<std::chrono::milliseconds>(dispatched_at - f->arrived);
+    deadline.expires_after(std::chrono::duration_cast<steady::duration>(left));
+  }
   // The timer goes first: Asio 1.81's parallel_group loses the cancellation of an operation launched after
   // one that completed inline (a mock with no latency does), so the one that never completes inline starts
   // first.
-  auto out = co_await (deadline.async_wait(use_tuple) || be.generate(f->gen, &sink));
+  auto out = co_await (deadline_watch(deadline) || be.generate(f->gen, &sink));
+  f->deadline = nullptr;
   if (cancelled()) {
     sched.cancel(f->id);
     pump();
@@ -472,6 +499,7 @@ asio::awaitable<result<infer_result>> runtime::impl::join_or_start(prepared p) {
     f->gen = std::move(p.gen);
     f->cache_key = p.cache_key;
     f->base = std::move(p.base);
+    f->streaming = p.streaming;
     if (!flight_key.empty()) joinable.emplace(flight_key, f);
     asio::co_spawn(ex, run_flight(f), asio::bind_cancellation_slot(f->cancel.slot(), asio::detached));
   }
@@ -643,6 +671,7 @@ asio::awaitable<result<infer_result>> runtime::chat(chat_request req, stream_lis
   p.cache_key = key;
   p.base = std::move(base);
   p.listener = listener;
+  p.streaming = listener != nullptr;
   auto out = co_await im.join_or_start(std::move(p));
   co_return out;
 }
