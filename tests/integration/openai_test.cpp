@@ -145,17 +145,16 @@ TEST(OpenAiChat, TemperatureZeroIsCachedAndWithoutItIsNot) {
   EXPECT_EQ(post_one(s, "/v1/chat/completions", sampled, "x-ray-cache: on\r\n").status, 200);
 }
 
-TEST(OpenAiChat, RejectedFieldsAndNotYetAvailableFeaturesSaySo) {
+TEST(OpenAiChat, RejectedFieldsNameTheirParam) {
   ray_server s(test_config(), no_host_pressure());
   ASSERT_TRUE(s.wait_listening());
   auto n2 = post_one(s, "/v1/chat/completions",
                      R"({"model":"m","messages":[{"role":"user","content":"x"}],"n":2})");
   ASSERT_EQ(n2.status, 400);
   EXPECT_EQ(rt::string_field(json_body(n2)->at("error").as_object(), "param"), "n");
-  auto tools = post_one(s, "/v1/chat/completions",
-                        R"({"model":"m","messages":[{"role":"user","content":"x"}],)"
-                        R"("tools":[{"type":"function","function":{"name":"f","parameters":{}}}]})");
-  EXPECT_EQ(tools.status, 501) << tools.describe();
+  auto logprobs = post_one(s, "/v1/chat/completions",
+                           R"({"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true})");
+  EXPECT_EQ(logprobs.status, 400) << logprobs.describe();
   auto bad = post_one(s, "/v1/chat/completions", "{not json");
   EXPECT_EQ(bad.status, 400);
   EXPECT_EQ(rt::string_field(json_body(bad)->at("error").as_object(), "code"), "invalid_json");
@@ -446,6 +445,46 @@ TEST(OpenAiDeadline, AnIdleGapLongerThanIdleTokenTimeoutEndsTheStreamWithWhatWas
   auto finish = boost::json::parse(events[events.size() - 2]);
   EXPECT_EQ(finish.at("choices").at(0).at("finish_reason").as_string(), "length") << r->body;
   EXPECT_EQ(counter(s.port(), "ray_backend_requests_total{outcome=\"timeout\"}"), 1);
+}
+
+}  // namespace
+}  // namespace ray::itest
+
+namespace ray::itest {
+namespace {
+
+TEST(OpenAiTools, ToolsAndSamplingExtrasAreForwardedToTheBackendAndNeverCached) {
+  std::unique_ptr<rt::ray_process> fake;
+  auto port = start_double(fake, {"-c", "2048", "-np", "2"});
+  ASSERT_NE(port, 0);
+  auto args = no_host_pressure();
+  args.push_back("--backend-url");
+  args.push_back("http://127.0.0.1:" + std::to_string(port));
+  auto cfg = attach_config();
+  cfg["model"].as_object()["warmOnBoot"] = false;  // count only this test's generations
+  ray_server s(cfg, args);
+  ASSERT_TRUE(s.wait_listening());
+  ASSERT_TRUE(ready(s));
+  std::string const body =
+      R"({"model":"m","temperature":0,"max_tokens":4,"top_k":7,"messages":[{"role":"user","content":"weather?"}],)"
+      R"("tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}],)"
+      R"("tool_choice":"auto"})";
+  for (int i = 0; i < 2; ++i) {
+    auto r = post_one(s, "/v1/chat/completions", body);
+    ASSERT_EQ(r.status, 200) << r.describe();
+    EXPECT_FALSE(r.has_header("x-ray-cache")) << "a tool request is never served from the cache";
+  }
+  auto st = roundtrip(port, get("/__stats"));
+  ASSERT_TRUE(st);
+  auto stats = json_body(*st);
+  ASSERT_TRUE(stats);
+  EXPECT_EQ(stats->at("requests").at("/v1/chat/completions").as_int64(), 2);
+  auto const& recent = stats->at("recent").as_array();
+  ASSERT_FALSE(recent.empty());
+  auto sent = recent.back().at("body").as_object();
+  EXPECT_EQ(sent.at("tools").as_array().at(0).at("function").at("name").as_string(), "get_weather");
+  EXPECT_EQ(sent.at("tool_choice").as_string(), "auto");
+  EXPECT_EQ(sent.at("top_k").as_int64(), 7);
 }
 
 }  // namespace

@@ -607,6 +607,13 @@ boost::asio::awaitable<void> router::handle_openai(http::exchange& ex, bool comp
         call.json_mode = true;
         call.extra["response_format"] = d->response_format;
       }
+      if (tools) {
+        // Forwarded as sent; a tool request is never cached, joined or clamped (a cut tool call is invalid).
+        call.json_mode = true;
+        call.extra["tools"] = d->tools;
+        if (!d->tool_choice.is_null()) call.extra["tool_choice"] = d->tool_choice;
+        if (!d->parallel_tool_calls.is_null()) call.extra["parallel_tool_calls"] = d->parallel_tool_calls;
+      }
       for (auto& m : d->messages)
         call.messages.push_back({m.role, std::move(m.content), m.name, m.tool_call_id});
     }
@@ -624,8 +631,7 @@ boost::asio::awaitable<void> router::handle_openai(http::exchange& ex, bool comp
                     {{"requested", requested_model}, {"served", cfg.model.id}});
     }
   }
-  if (!bad && tools)
-    bad = ray::error{errc::not_implemented, "tool calls are not available in this build of Ray yet"};
+  (void)tools;
   if (!call.extra.empty()) call.extra_key = telemetry::to_json(call.extra);
 
   if (!bad && stream) {
@@ -654,7 +660,13 @@ boost::asio::awaitable<void> router::handle_openai(http::exchange& ex, bool comp
         choice["text"] = r->output;
         choice["logprobs"] = nullptr;
       } else {
-        choice["message"] = boost::json::object{{"role", "assistant"}, {"content", r->output}};
+        boost::json::object message{{"role", "assistant"}};
+        if (r->output.empty() && !r->tool_calls.empty())
+          message["content"] = nullptr;
+        else
+          message["content"] = r->output;
+        if (!r->tool_calls.empty()) message["tool_calls"] = r->tool_calls;
+        choice["message"] = std::move(message);
       }
       choice["finish_reason"] = r->finish_reason.empty() ? "stop" : r->finish_reason;
       std::uint32_t const pt = r->prompt_tokens.value_or(0);
@@ -708,6 +720,13 @@ struct stream_buffer final : runtime::stream_listener {
     }
     wake.cancel();
   }
+  void on_tool_calls(boost::json::value const& delta) override {
+    if (overflow) return;
+    deltas.push_back(std::string(tool_marker) + telemetry::to_json(delta));
+    wake.cancel();
+  }
+  // Tool-call deltas travel in the same queue, marked (text deltas never start with a NUL byte).
+  static constexpr std::string_view tool_marker{"\0tool:", 6};
   boost::asio::steady_timer wake;
   std::vector<std::string> deltas;
   std::size_t queued{0};
@@ -761,6 +780,19 @@ boost::asio::awaitable<unsigned> router::stream_openai(http::exchange& ex, runti
     return sse_data(telemetry::to_json(o));
   };
 
+  auto tool_chunk = [&](std::string_view tool_calls_json) {
+    boost::json::object o{
+        {"id", id},
+        {"object", "chat.completion.chunk"},
+        {"created", created},
+        {"model", cfg.model.id},
+        {"choices", boost::json::array{boost::json::object{
+                        {"index", 0},
+                        {"delta", boost::json::object{{"tool_calls", boost::json::parse(tool_calls_json)}}},
+                        {"finish_reason", nullptr}}}}};
+    return sse_data(telemetry::to_json(o));
+  };
+
   bool headers = false;
   bool alive = true;
   auto send_headers = [&]() -> asio::awaitable<bool> {
@@ -793,8 +825,12 @@ boost::asio::awaitable<unsigned> router::stream_openai(http::exchange& ex, runti
     if (!buf.deltas.empty() && !buf.overflow) {
       if (!headers) alive = co_await send_headers();
       std::string out;
-      for (auto const& d : buf.deltas)
-        out += chunk(d, nullptr);
+      for (auto const& d : buf.deltas) {
+        if (std::string_view(d).substr(0, stream_buffer::tool_marker.size()) == stream_buffer::tool_marker)
+          out += tool_chunk(std::string_view(d).substr(stream_buffer::tool_marker.size()));
+        else
+          out += chunk(d, nullptr);
+      }
       buf.deltas.clear();
       buf.queued = 0;
       streamed_any = true;

@@ -69,7 +69,8 @@ struct generation_request {
 
 struct generation_result {
   std::string text;
-  std::string finish_reason{"stop"};  // "stop" | "length"
+  std::string finish_reason{"stop"};  // "stop" | "length" | "tool_calls"
+  boost::json::array tool_calls{};    // assembled from the streamed deltas (OpenAI shape), empty when none
   std::optional<std::uint32_t> prompt_tokens{};
   std::optional<std::uint32_t> completion_tokens{};
   std::optional<std::int32_t> slot_id{};
@@ -86,6 +87,8 @@ class token_sink {
  public:
   virtual ~token_sink() = default;
   virtual void on_delta(std::string_view text) = 0;
+  // A streamed `delta.tool_calls` array, as the backend sent it.
+  virtual void on_tool_calls(boost::json::value const& delta) { (void)delta; }
 };
 
 // What the backend serves (from config, or from llama-server /props once attached).

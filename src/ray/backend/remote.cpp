@@ -668,6 +668,30 @@ asio::awaitable<result<generation_result>> remote_backend::generate(generation_r
           if (sink) sink->on_delta(std::string_view(piece.data(), piece.size()));
         }
       }
+      if (auto tc = find_path(c0, {"delta", "tool_calls"}); tc && tc->is_array()) {
+        // Assemble by index: id/type/name arrive once, `arguments` in pieces.
+        for (auto const& piece : tc->get_array()) {
+          auto i = static_cast<std::size_t>(number_at(piece, {"index"}).value_or(0));
+          if (i > 64) continue;
+          while (out.tool_calls.size() <= i)
+            out.tool_calls.push_back(
+                json::object{{"id", ""},
+                             {"type", "function"},
+                             {"function", json::object{{"name", ""}, {"arguments", ""}}}});
+          auto& call = out.tool_calls[i].as_object();
+          if (auto id = find_path(piece, {"id"}); id && id->is_string()) call["id"] = id->get_string();
+          if (auto ty = find_path(piece, {"type"}); ty && ty->is_string()) call["type"] = ty->get_string();
+          auto& fn = call["function"].as_object();
+          if (auto n = find_path(piece, {"function", "name"}); n && n->is_string())
+            fn["name"] = n->get_string();
+          if (auto a = find_path(piece, {"function", "arguments"}); a && a->is_string()) {
+            std::string args(fn["arguments"].as_string());
+            args.append(a->get_string());
+            fn["arguments"] = args;
+          }
+        }
+        if (sink) sink->on_tool_calls(*tc);
+      }
       if (auto fr = find_path(c0, {"finish_reason"}); fr && fr->is_string())
         finish = std::string(fr->get_string());
     }

@@ -106,6 +106,12 @@ class flight_sink final : public backend::token_sink {
     for (auto* l : f_.listeners)
       l->on_text(text);
   }
+  void on_tool_calls(boost::json::value const& delta) override {
+    if (f_.streaming && f_.deadline) f_.deadline->expires_after(f_.idle_token);
+    f_.ph = phase::decode;
+    for (auto* l : f_.listeners)
+      l->on_tool_calls(delta);  // tool requests are never joined: no replay
+  }
 
  private:
   flight& f_;
@@ -424,6 +430,7 @@ asio::awaitable<void> runtime::impl::run_flight(std::shared_ptr<flight> f) {
   r.completion_tokens = gen->completion_tokens;
   r.finish_reason = gen->finish_reason;
   r.output = std::move(gen->text);
+  r.tool_calls = std::move(gen->tool_calls);
   r.queue_ms = ms_between(f->arrived, dispatched_at);
   r.provider = std::move(*gen);
   r.provider.text.clear();

@@ -91,7 +91,9 @@ struct infer_result {
   std::optional<std::uint32_t> completion_tokens{};
   bool cached{false};
   bool deduplicated{false};
-  bool truncated_by_deadline{false};  // the total deadline cut the generation; `output` is what was produced
+  bool truncated_by_deadline{false};
+  boost::json::array tool_calls{};  // OpenAI routes with tools  // the total deadline cut the generation;
+                                    // `output` is what was produced
   double queue_ms{0};
   double latency_ms{0};
   degradation_report degradation{};
@@ -106,6 +108,7 @@ class stream_listener {
  public:
   virtual ~stream_listener() = default;
   virtual void on_text(std::string_view delta) = 0;
+  virtual void on_tool_calls(boost::json::value const& delta) { (void)delta; }
 };
 
 struct runtime_stats {
