@@ -228,6 +228,11 @@ struct runtime::impl {
   asio::awaitable<void> run_flight(std::shared_ptr<flight> f);
   asio::awaitable<bool> warm_up();
   asio::awaitable<result<infer_result>> join_or_start(prepared p);
+  // A cache hit answered with the current request's view (its degradation, its prompt report).
+  std::optional<infer_result> lookup(cache::cache_key const& key, infer_result const& base,
+                                     ray::clock::time_point arrived);
+  // 413 request_token_budget_exceeded when `cost` can never fit the budgets.
+  std::optional<ray::error> over_budget(std::uint64_t cost, std::string_view what);
 
   asio::any_io_executor ex;
   config::config const& cfg;
@@ -477,6 +482,39 @@ asio::awaitable<bool> runtime::impl::warm_up() {
   co_return true;
 }
 
+std::optional<infer_result> runtime::impl::lookup(cache::cache_key const& key, infer_result const& base,
+                                                  ray::clock::time_point arrived) {
+  auto const* hit = cache.get(key);
+  if (!hit) {
+    cache_misses.inc();
+    return std::nullopt;
+  }
+  cache_hits.inc();
+  infer_result r = base;
+  r.output = hit->output;
+  r.finish_reason = hit->finish_reason;
+  r.prompt_tokens = hit->prompt_tokens;
+  r.completion_tokens = hit->completion_tokens;
+  r.completion_chars = hit->completion_chars;
+  r.provider = hit->provider;
+  r.cached = true;
+  r.latency_ms = ms_between(arrived, clock.now());
+  return r;
+}
+
+std::optional<ray::error> runtime::impl::over_budget(std::uint64_t cost, std::string_view what) {
+  auto const& lim = sched.current_limits();
+  if (cost <= lim.max_inflight_tokens && cost <= lim.max_queued_tokens) return std::nullopt;
+  std::uint64_t const budget = std::min(lim.max_inflight_tokens, lim.max_queued_tokens);
+  ray::error err{errc::request_token_budget_exceeded,
+                 "the request needs ~" + std::to_string(cost) + " tokens (" + std::string(what) +
+                     "); the budget is " + std::to_string(budget) + "; shorten the input or lower " +
+                     "the maximum output tokens"};
+  err.details["requestTokens"] = cost;
+  err.details["budgetTokens"] = budget;
+  return err;
+}
+
 asio::awaitable<result<infer_result>> runtime::impl::join_or_start(prepared p) {
   std::string const flight_key = p.flight_key;
   std::shared_ptr<flight> f;
@@ -617,34 +655,11 @@ asio::awaitable<result<infer_result>> runtime::chat(chat_request req, stream_lis
     key = cache::request_key(f, cfg_.cache.key_strategy == config::cache_key_strategy::input
                                     ? cache::key_strategy::input
                                     : cache::key_strategy::input_params);
-    if (auto const* hit = im.cache.get(*key)) {
-      im.cache_hits.inc();
-      infer_result r = base;
-      r.output = hit->output;
-      r.finish_reason = hit->finish_reason;
-      r.prompt_tokens = hit->prompt_tokens;
-      r.completion_tokens = hit->completion_tokens;
-      r.completion_chars = hit->completion_chars;
-      r.provider = hit->provider;
-      r.cached = true;
-      r.latency_ms = ms_between(arrived, im.clock.now());
-      co_return r;
-    }
-    im.cache_misses.inc();
+    if (auto hit = im.lookup(*key, base, arrived)) co_return std::move(*hit);
   }
 
   std::uint64_t const cost = std::uint64_t{prompt_tokens} + max_tokens;
-  auto const& lim = im.sched.current_limits();
-  if (cost > lim.max_inflight_tokens || cost > lim.max_queued_tokens) {
-    std::uint64_t budget = std::min(lim.max_inflight_tokens, lim.max_queued_tokens);
-    ray::error err{errc::request_token_budget_exceeded, "the request needs ~" + std::to_string(cost) +
-                                                            " tokens (prompt + max_tokens); the budget is " +
-                                                            std::to_string(budget) +
-                                                            "; shorten the messages or lower max_tokens"};
-    err.details["requestTokens"] = cost;
-    err.details["budgetTokens"] = budget;
-    co_return fail(err);
-  }
+  if (auto err = im.over_budget(cost, "prompt + max_tokens")) co_return fail(*err);
 
   prepared p;
   if (cfg_.scheduler.dedupe_inflight && key) {
@@ -873,35 +888,12 @@ asio::awaitable<result<infer_result>> runtime::infer(infer_request req) {
                                     : cache::key_strategy::input_params);
   }
   if (cacheable && key) {
-    if (auto const* hit = im.cache.get(*key)) {
-      im.cache_hits.inc();
-      infer_result r = base;
-      r.output = hit->output;
-      r.finish_reason = hit->finish_reason;
-      r.prompt_tokens = hit->prompt_tokens;
-      r.completion_tokens = hit->completion_tokens;
-      r.completion_chars = hit->completion_chars;
-      r.provider = hit->provider;
-      r.cached = true;
-      r.latency_ms = ms_between(arrived, im.clock.now());
-      co_return r;
-    }
-    im.cache_misses.inc();
+    if (auto hit = im.lookup(*key, base, arrived)) co_return std::move(*hit);
   }
 
   // Budget first (a request that can never fit is 413 whether or not an identical one runs).
   std::uint64_t const cost = std::uint64_t{prompt_tokens} + max_tokens;
-  auto const& lim = im.sched.current_limits();
-  if (cost > lim.max_inflight_tokens || cost > lim.max_queued_tokens) {
-    std::uint64_t budget = std::min(lim.max_inflight_tokens, lim.max_queued_tokens);
-    ray::error err{errc::request_token_budget_exceeded, "the request needs ~" + std::to_string(cost) +
-                                                            " tokens (prompt + maxTokens); the budget is " +
-                                                            std::to_string(budget) +
-                                                            "; shorten the input or lower maxTokens"};
-    err.details["requestTokens"] = cost;
-    err.details["budgetTokens"] = budget;
-    co_return fail(err);
-  }
+  if (auto err = im.over_budget(cost, "prompt + maxTokens")) co_return fail(*err);
 
   // Single-flight.
   prepared p;
