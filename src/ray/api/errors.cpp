@@ -130,7 +130,8 @@ http::response error_response(ray::error const& err, envelope env) {
   res.body() = telemetry::to_json(body);
 
   auto st = static_cast<unsigned>(res.result());
-  if (st == 400 || st == 413) res.set("x-should-retry", "false");
+  // 501 too: SDKs retry any 5xx unless told not to, and "not implemented" will not change on a retry.
+  if (st == 400 || st == 413 || st == 501) res.set("x-should-retry", "false");
   if (err.code == errc::unauthorized) res.set(http::field::www_authenticate, "Bearer realm=\"ray\"");
   if (auto ms = retry_after_ms(err)) {
     // [1, 30] s (OpenAI SDKs ignore 60 s and more), except a rate limit: its window reset is a fact, and a

@@ -486,7 +486,8 @@ void check_cache_and_degradation(checker& c, config const& cfg) {
   auto const& g = cfg.graceful_degradation;
   std::string const p = "gracefulDegradation.";
   c.range(p + "queueDepthThreshold", g.queue_depth_threshold, 1, 511);
-  if (g.queue_depth_threshold >= cfg.scheduler.max_queue)
+  // Only meaningful while degradation is on: a disabled policy must not block a small maxQueue.
+  if (g.enabled && g.queue_depth_threshold >= cfg.scheduler.max_queue)
     c.fail(p + "queueDepthThreshold", std::to_string(g.queue_depth_threshold) +
                                           " must be below scheduler.maxQueue " +
                                           std::to_string(cfg.scheduler.max_queue));

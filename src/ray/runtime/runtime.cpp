@@ -431,7 +431,7 @@ asio::awaitable<void> runtime::impl::run_flight(std::shared_ptr<flight> f) {
 
   infer_result r = f->base;
   r.completion_chars = count_code_points(gen->text);
-  r.prompt_tokens = gen->prompt_tokens;
+  if (gen->prompt_tokens) r.prompt_tokens = gen->prompt_tokens;  // else keep the admission estimate
   r.completion_tokens = gen->completion_tokens;
   r.finish_reason = gen->finish_reason;
   r.output = std::move(gen->text);
@@ -602,6 +602,7 @@ asio::awaitable<result<infer_result>> runtime::chat(chat_request req, stream_lis
   }
   base.prompt_chars = chars;
   base.prompt = {"openai", chars, chars};
+  base.prompt_tokens = prompt_tokens;  // the admission estimate until the backend reports its count
 
   std::uint32_t const context = context_window();
   std::uint32_t const cap = cfg_.openai.default_max_tokens.value_or(cfg_.model.max_output_tokens);
