@@ -544,6 +544,14 @@ boost::asio::awaitable<void> router::handle_infer(http::exchange& ex) {
   record(route, status, ex.received_at(), ex.request_id(), error_code, result_for_log);
 }
 
+void router::log_unknown_fields(std::vector<std::string> const& fields, std::string_view route) const {
+  if (fields.empty() || !app_.log.enabled(telemetry::level::debug)) return;
+  boost::json::array names;
+  for (auto const& f : fields)
+    names.emplace_back(f);
+  app_.log.debug("request fields ignored as unknown", {{"route", route}, {"fields", std::move(names)}});
+}
+
 boost::asio::awaitable<void> router::handle_openai(http::exchange& ex, bool completion) {
   auto const route = match_route(ex.path());
   auto const& cfg = app_.cfg();
@@ -586,6 +594,7 @@ boost::asio::awaitable<void> router::handle_openai(http::exchange& ex, bool comp
       requested_model = d->model;
       stream = d->stream;
       include_usage = d->include_usage;
+      log_unknown_fields(d->unknown_fields, route.label);
       forward(*d);
       call.cacheable = openai::cacheable(*d, x_ray_cache);
       call.canonical = d->prompt;
@@ -599,6 +608,7 @@ boost::asio::awaitable<void> router::handle_openai(http::exchange& ex, bool comp
       requested_model = d->model;
       stream = d->stream;
       include_usage = d->include_usage;
+      log_unknown_fields(d->unknown_fields, route.label);
       tools = d->has_tools();
       forward(*d);
       call.cacheable = openai::cacheable(*d, x_ray_cache);
