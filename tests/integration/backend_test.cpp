@@ -5,7 +5,7 @@
 //
 // Timing assertions are multiples of the configured health interval (kHealthMs) or of the double's token
 // interval (1 / its tokens-per-second knob); everything else waits against generous deadlines.
-#include "http_test_util.hpp"
+#include "fake_llama.hpp"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -27,55 +27,9 @@ constexpr auto kHealth = std::chrono::milliseconds(kHealthMs);
 
 // ---- helpers
 
-std::int64_t num(json::object const& o, std::string_view key) {
-  auto const* v = o.if_contains(key);
-  return v && v->is_number() ? v->to_number<std::int64_t>() : -1;
-}
-
 double dnum(json::value const& v) {
   return v.is_number() ? v.to_number<double>() : -1;
 }
-
-// The llama-server double, started on `port` (0 = ephemeral) with `args`; killed when the object dies.
-class fake_llama {
- public:
-  explicit fake_llama(std::vector<std::string> args, std::uint16_t port = 0) {
-    std::vector<std::string> a{"--port", std::to_string(port)};
-    a.insert(a.end(), args.begin(), args.end());
-    spawned_at_ = steady::now();
-    proc_ = std::make_unique<rt::ray_process>(rt::spawn_options{.binary = FAKE_LLAMA_SERVER, .args = a});
-    auto line =
-        proc_->wait_for_log([](std::string_view l) { return l.starts_with("listening "); }, rt::in(kIo));
-    if (line) {
-      port_ = static_cast<std::uint16_t>(std::stoi(line->substr(10)));
-      listening_at_ = steady::now();
-    }
-  }
-
-  bool ok() const { return port_ != 0; }
-  std::uint16_t port() const { return port_; }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
-  steady::time_point spawned_at() const { return spawned_at_; }
-  steady::time_point listening_at() const { return listening_at_; }
-  rt::ray_process& process() { return *proc_; }
-  std::string output() const { return proc_->output(); }
-
-  json::object stats() const {
-    auto r = roundtrip(port_, get("/__stats"));
-    if (!r || r->status != 200) return {};
-    return json_body(*r).value_or(json::object{});
-  }
-  bool control(json::object const& knobs) const {
-    auto r = roundtrip(port_, post_json("/__control", json::serialize(knobs)));
-    return r && r->status == 200;
-  }
-
- private:
-  std::unique_ptr<rt::ray_process> proc_;
-  std::uint16_t port_{0};
-  steady::time_point spawned_at_{};
-  steady::time_point listening_at_{};
-};
 
 // Inference POSTs the double received on the chat route (whatever it answered).
 std::int64_t chat_posts(json::object const& stats) {

@@ -5,7 +5,7 @@
 //
 // Ray is attached to the llama-server test double (tests/support/fake_llama_server) with --backend-url where
 // a real backend matters, and runs the mock backend elsewhere. Every wait polls against a deadline.
-#include "http_test_util.hpp"
+#include "fake_llama.hpp"
 
 #include <sys/wait.h>
 
@@ -44,11 +44,6 @@ double sum_of(std::string const& text, std::string const& name) {
   return sum_lines(text, name + "{") + sum_lines(text, name + " ");
 }
 
-std::int64_t num(json::object const& o, std::string_view key) {
-  auto const* v = o.if_contains(key);
-  return v && v->is_number() ? v->to_number<std::int64_t>() : -1;
-}
-
 std::string infer_body(std::string const& input, json::object extra = {}) {
   extra["input"] = input;
   return json::serialize(extra);
@@ -66,47 +61,6 @@ rt::http_response declared_too_large(std::uint16_t port) {
   EXPECT_TRUE(r) << "no answer to an oversized declared Content-Length";
   return r.value_or(rt::http_response{});
 }
-
-// The llama-server double, started on an ephemeral port with `args`; killed when the object dies.
-class fake_llama {
- public:
-  explicit fake_llama(std::vector<std::string> args) {
-    std::vector<std::string> a{"--port", "0"};
-    a.insert(a.end(), args.begin(), args.end());
-    proc_ = std::make_unique<rt::ray_process>(rt::spawn_options{.binary = FAKE_LLAMA_SERVER, .args = a});
-    auto line =
-        proc_->wait_for_log([](std::string_view l) { return l.starts_with("listening "); }, rt::in(kIo));
-    if (line) port_ = static_cast<std::uint16_t>(std::stoi(line->substr(10)));
-  }
-
-  bool ok() const { return port_ != 0; }
-  std::uint16_t port() const { return port_; }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
-  std::string output() const { return proc_->output(); }
-
-  json::object stats() const {
-    auto r = roundtrip(port_, get("/__stats"));
-    if (!r || r->status != 200) return {};
-    return json_body(*r).value_or(json::object{});
-  }
-  bool control(json::object const& knobs) const {
-    auto r = roundtrip(port_, post_json("/__control", json::serialize(knobs)));
-    return r && r->status == 200;
-  }
-  // How many GET /metrics the double has received (answered or still waiting).
-  std::int64_t metrics_requests() const {
-    auto st = stats();
-    auto const* req = st.if_contains("requests");
-    if (!req || !req->is_object()) return 0;
-    return std::max<std::int64_t>(0, num(req->as_object(), "/metrics"));
-  }
-  // The double's own Prometheus text ("" without --metrics).
-  std::string own_metrics() const { return scrape(port_); }
-
- private:
-  std::unique_ptr<rt::ray_process> proc_;
-  std::uint16_t port_{0};
-};
 
 // Attached to the double by --backend-url: profile sub1b, the llama.cpp adapter probing every 100 ms, no rate
 // limit, a KV budget the double's `-c 2048` can hold.
