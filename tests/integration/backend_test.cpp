@@ -65,13 +65,6 @@ json::object llama_config(json::object adapter = {}, json::object const& extra =
   return with(cfg, extra);
 }
 
-std::vector<std::string> attach(fake_llama const& f) {
-  auto a = no_host_pressure();
-  a.push_back("--backend-url");
-  a.push_back(f.url());
-  return a;
-}
-
 struct readiness {
   int status{0};
   std::string provider;

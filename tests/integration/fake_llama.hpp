@@ -67,4 +67,12 @@ class fake_llama {
   std::chrono::steady_clock::time_point listening_at_{};
 };
 
+// `ray serve` arguments that attach to `f` (and keep the host's pressure out of the test).
+inline std::vector<std::string> attach(fake_llama const& f) {
+  auto a = no_host_pressure();
+  a.push_back("--backend-url");
+  a.push_back(f.url());
+  return a;
+}
+
 }  // namespace ray::itest

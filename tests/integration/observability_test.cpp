@@ -75,13 +75,6 @@ json::object llama_config(json::object const& extra = {}) {
   return with(cfg, extra);
 }
 
-std::vector<std::string> attach(fake_llama const& f) {
-  auto a = no_host_pressure();
-  a.push_back("--backend-url");
-  a.push_back(f.url());
-  return a;
-}
-
 ::testing::AssertionResult ready(ray_server& s) {
   bool ok = eventually([&] {
     auto r = roundtrip(s.port(), get("/readyz"));

@@ -1,5 +1,5 @@
 // The OpenAI-compatible surface through the real binary (http-api.md §3). So far: the model list.
-#include "http_test_util.hpp"
+#include "fake_llama.hpp"
 
 namespace ray::itest {
 namespace {
@@ -48,12 +48,6 @@ TEST(OpenAi, OneModelByIdOrAliasAndAnUnknownIdIs404InOpenAisEnvelope) {
   EXPECT_EQ(rt::string_field(e, "type"), "invalid_request_error");
   EXPECT_EQ(rt::string_field(e, "param"), "model");
 }
-
-}  // namespace
-}  // namespace ray::itest
-
-namespace ray::itest {
-namespace {
 
 rt::http_response post_one(ray_server& s, std::string const& path, std::string const& body,
                            std::string const& headers = {}) {
@@ -172,12 +166,6 @@ TEST(OpenAiCompletions, APromptIsCompletedInTextCompletionShape) {
   EXPECT_EQ(body->at("usage").at("completion_tokens").as_int64(), 5);
 }
 
-}  // namespace
-}  // namespace ray::itest
-
-namespace ray::itest {
-namespace {
-
 // The `data:` payloads of an SSE body, comments dropped.
 std::vector<std::string> sse_data_events(std::string const& body) {
   std::vector<std::string> out;
@@ -260,15 +248,6 @@ TEST(OpenAiStream, KeepAlivesAreSentWhileTheRequestWaits) {
   EXPECT_EQ(sse_data_events(r->body).back(), "[DONE]");
 }
 
-std::uint16_t start_double(std::unique_ptr<rt::ray_process>& proc, std::vector<std::string> args) {
-  std::vector<std::string> a{"--port", "0"};
-  a.insert(a.end(), args.begin(), args.end());
-  proc = std::make_unique<rt::ray_process>(rt::spawn_options{.binary = FAKE_LLAMA_SERVER, .args = a});
-  auto line =
-      proc->wait_for_log([](std::string_view l) { return l.rfind("listening ", 0) == 0; }, rt::in(kIo));
-  return line ? static_cast<std::uint16_t>(std::stoi(line->substr(10))) : 0;
-}
-
 boost::json::object attach_config() {
   boost::json::object a{{"kind", "llama.cpp"},
                         {"healthIntervalMs", 100},
@@ -288,13 +267,10 @@ bool ready(ray_server& s) {
 }
 
 TEST(OpenAiStream, AClientLeavingMidAnswerClosesTheUpstreamStream) {
-  std::unique_ptr<rt::ray_process> fake;
-  auto port = start_double(fake, {"-c", "2048", "-np", "2", "--gen-tps", "10"});
-  ASSERT_NE(port, 0);
-  auto args = no_host_pressure();
-  args.push_back("--backend-url");
-  args.push_back("http://127.0.0.1:" + std::to_string(port));
-  ray_server s(attach_config(), args);
+  fake_llama fake({"-c", "2048", "-np", "2", "--gen-tps", "10"});
+  ASSERT_TRUE(fake.ok()) << fake.output();
+  auto const port = fake.port();
+  ray_server s(attach_config(), attach(fake));
   ASSERT_TRUE(s.wait_listening());
   ASSERT_TRUE(ready(s));
   auto c = s.connect();
@@ -317,15 +293,12 @@ TEST(OpenAiStream, AClientLeavingMidAnswerClosesTheUpstreamStream) {
 }
 
 TEST(OpenAiStream, IdenticalStreamsShareOneUpstreamCallAndALateJoinerGetsTheWholeSequence) {
-  std::unique_ptr<rt::ray_process> fake;
-  auto port = start_double(fake, {"-c", "2048", "-np", "2", "--gen-tps", "20", "--hang-before-first-token"});
-  ASSERT_NE(port, 0);
-  auto args = no_host_pressure();
-  args.push_back("--backend-url");
-  args.push_back("http://127.0.0.1:" + std::to_string(port));
+  fake_llama fake({"-c", "2048", "-np", "2", "--gen-tps", "20", "--hang-before-first-token"});
+  ASSERT_TRUE(fake.ok()) << fake.output();
+  auto const port = fake.port();
   auto cfg = attach_config();
   cfg["model"].as_object()["warmOnBoot"] = false;
-  ray_server s(cfg, args);
+  ray_server s(cfg, attach(fake));
   ASSERT_TRUE(s.wait_listening());
   ASSERT_TRUE(ready(s));
   std::string const body = stream_body("the same question", 12);
@@ -361,12 +334,6 @@ TEST(OpenAiStream, IdenticalStreamsShareOneUpstreamCallAndALateJoinerGetsTheWhol
   EXPECT_EQ(counter(s.port(), "ray_dedupe_joins_total"), 8);
 }
 
-}  // namespace
-}  // namespace ray::itest
-
-namespace ray::itest {
-namespace {
-
 TEST(OpenAiDeadline, ANonStreamingAnswerCutByTheDeadlineIsReturnedWithFinishReasonLength) {
   // 10 words/s and a 600 ms total deadline: a few words are out when the deadline fires.
   auto cfg = with(test_config({}, {{"latencyMs", 0}, {"tokensPerSecond", 10}}),
@@ -395,12 +362,6 @@ TEST(OpenAiDeadline, ANonStreamingAnswerCutByTheDeadlineIsReturnedWithFinishReas
   ASSERT_TRUE(nr);
   EXPECT_TRUE(is_error(*nr, 504, "request_timeout"));
 }
-
-}  // namespace
-}  // namespace ray::itest
-
-namespace ray::itest {
-namespace {
 
 TEST(OpenAiDeadline, StreamsAreBoundByTokenDeadlinesNotTheTotalOne) {
   // 4 words/s for ~3 s against a 1 s total deadline: a stream keeps going while tokens keep coming.
@@ -447,22 +408,13 @@ TEST(OpenAiDeadline, AnIdleGapLongerThanIdleTokenTimeoutEndsTheStreamWithWhatWas
   EXPECT_EQ(counter(s.port(), "ray_backend_requests_total{outcome=\"timeout\"}"), 1);
 }
 
-}  // namespace
-}  // namespace ray::itest
-
-namespace ray::itest {
-namespace {
-
 TEST(OpenAiTools, ToolsAndSamplingExtrasAreForwardedToTheBackendAndNeverCached) {
-  std::unique_ptr<rt::ray_process> fake;
-  auto port = start_double(fake, {"-c", "2048", "-np", "2"});
-  ASSERT_NE(port, 0);
-  auto args = no_host_pressure();
-  args.push_back("--backend-url");
-  args.push_back("http://127.0.0.1:" + std::to_string(port));
+  fake_llama fake({"-c", "2048", "-np", "2"});
+  ASSERT_TRUE(fake.ok()) << fake.output();
+  auto const port = fake.port();
   auto cfg = attach_config();
   cfg["model"].as_object()["warmOnBoot"] = false;  // count only this test's generations
-  ray_server s(cfg, args);
+  ray_server s(cfg, attach(fake));
   ASSERT_TRUE(s.wait_listening());
   ASSERT_TRUE(ready(s));
   std::string const body =

@@ -22,6 +22,16 @@ using namespace boost::asio::experimental::awaitable_operators;
 constexpr std::string_view json_type = "application/json; charset=utf-8";
 constexpr std::string_view get_head = "GET, HEAD, OPTIONS";
 
+// Runs `work` unless the client leaves first (then nullopt: `work` was cancelled with it). client_gone() goes
+// first: it must be waiting before `work` can complete inline (see runtime.cpp on parallel_group), or its
+// cancellation would be lost and the request would hang until the client left.
+boost::asio::awaitable<std::optional<result<runtime::infer_result>>> unless_client_leaves(
+    http::exchange& ex, boost::asio::awaitable<result<runtime::infer_result>> work) {
+  auto outcome = co_await (ex.client_gone() || std::move(work));
+  if (outcome.index() == 0) co_return std::nullopt;
+  co_return std::move(std::get<1>(outcome));
+}
+
 bool is_probe(route_id id) noexcept {
   return id == route_id::livez || id == route_id::readyz || id == route_id::metrics;
 }
@@ -508,16 +518,13 @@ boost::asio::awaitable<void> router::handle_infer(http::exchange& ex) {
     app_.rt.count_rejection(decoded.error().code);
     if (app_.rejections) app_.rejections->record(error_code, {{"route", route.label}});
   } else {
-    // client_gone() first: it must be waiting before infer() can complete inline (see runtime.cpp on
-    // parallel_group), or its cancellation would be lost and this request would hang until the client left.
-    auto outcome = co_await (ex.client_gone() || app_.rt.infer(std::move(*decoded)));
-    if (outcome.index() == 0) {
+    held = co_await unless_client_leaves(ex, app_.rt.infer(std::move(*decoded)));
+    if (!held) {
       // The client left: the backend call was cancelled with it; nobody is there to answer.
       ex.close_after_response();
       record(route, 499, ex.received_at(), ex.request_id(), "client_closed_request");
       co_return;
     }
-    held = std::move(std::get<1>(outcome));
     auto& r = *held;
     if (r && r->truncated_by_deadline) {
       // The native contract: a total deadline is 504 request_timeout (the TypeScript gateway's behaviour).
@@ -652,13 +659,12 @@ boost::asio::awaitable<void> router::handle_openai(http::exchange& ex, bool comp
   if (bad) {
     refuse(*bad);
   } else {
-    auto outcome = co_await (ex.client_gone() || app_.rt.chat(std::move(call)));
-    if (outcome.index() == 0) {
+    held = co_await unless_client_leaves(ex, app_.rt.chat(std::move(call)));
+    if (!held) {
       ex.close_after_response();
       record(route, 499, ex.received_at(), ex.request_id(), "client_closed_request");
       co_return;
     }
-    held = std::move(std::get<1>(outcome));
     auto& r = *held;
     if (!r) {
       refuse(r.error());
