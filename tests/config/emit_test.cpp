@@ -48,7 +48,7 @@ TEST(Emit, EveryUpstreamConfigRoundTripsThroughToJson) {
 
 TEST(Emit, AConfigUsingEveryOptionalFieldRoundTrips) {
   auto c = load_ok(R"({"profile":"sub1b",
-    "server":{"corsAllowOrigins":["https://app.example.com"],"threads":2},
+    "server":{"corsAllowOrigins":["https://app.example.com"],"threads":1},
     "openai":{"strictModelNames":true,"defaultMaxTokens":100},
     "model":{"aliases":["gpt-4o-mini"],"adapter":{"apiKeyEnv":"UPSTREAM_KEY","headers":{"X-Tenant":"t1"},"slotId":1,
       "warmupRequests":[{"input":"hello","system":"be brief","maxTokens":8,"temperature":0.25,"seed":-3},
@@ -87,6 +87,28 @@ TEST(Emit, WholeNumberThresholdsAreWrittenAsIntegers) {
   EXPECT_TRUE(g.at("memoryPsiSomeAvg10Threshold").is_int64());
   EXPECT_TRUE(g.at("memoryCgroupPressureRatioThreshold").is_double());
   EXPECT_EQ(json::serialize(g.at("cpuPsiSomeAvg10Threshold")), "50");
+}
+
+// Review finding: /v1/config showed launchProfile.extraArgs whole, --api-key and --hf-token values included.
+TEST(Emit, ThePublicViewRedactsSecretFlagValuesInExtraArgs) {
+  auto c = load_ok(R"({"profile":"sub1b","model":{"adapter":{"launchProfile":{"extraArgs":
+      ["--api-key","k-s3cret","--hf-token=hf_s3cret","-hft","hf_other","--flash-attn","on","--api-key-file",
+       "/etc/ray/key"]}}}})");
+  auto pub = rc::to_public_json(c);
+  auto text = json::serialize(pub);
+  EXPECT_EQ(text.find("s3cret"), std::string::npos) << text;
+  EXPECT_EQ(text.find("hf_other"), std::string::npos) << text;
+  auto const& args = pub.at("model").at("adapter").at("launchProfile").at("extraArgs").as_array();
+  ASSERT_EQ(args.size(), 9u);
+  EXPECT_EQ(args[0].as_string(), "--api-key");
+  EXPECT_EQ(args[1].as_string(), "[redacted]");
+  EXPECT_EQ(args[2].as_string(), "--hf-token=[redacted]");
+  EXPECT_EQ(args[4].as_string(), "[redacted]");
+  EXPECT_EQ(args[5].as_string(), "--flash-attn");
+  EXPECT_EQ(args[6].as_string(), "on");  // not a secret: kept
+  EXPECT_EQ(args[8].as_string(), "[redacted]");
+  // The full view (ray config print to the operator) keeps them.
+  EXPECT_NE(json::serialize(rc::to_json(c.cfg)).find("k-s3cret"), std::string::npos);
 }
 
 TEST(Emit, ThePublicViewRedactsHeaderValuesAndKeyDigestsAndCarriesSources) {

@@ -258,10 +258,50 @@ boost::json::object to_json(config const& c) {
   };
 }
 
+namespace {
+// A llama-server flag whose value is a credential (--api-key, --hf-token, -hft, …).
+bool is_secret_flag(std::string_view flag) {
+  std::string lower;
+  for (char ch : flag)
+    lower += static_cast<char>(ch >= 'A' && ch <= 'Z' ? ch - 'A' + 'a' : ch);
+  for (std::string_view word : {"key", "token", "secret", "password", "passwd"})
+    if (lower.find(word) != std::string::npos) return true;
+  return lower == "-hft";
+}
+
+// launchProfile.extraArgs with the value of every secret-bearing flag ("--api-key X", "--api-key=X")
+// redacted.
+void redact_extra_args(json::array& args) {
+  bool redact_next = false;
+  for (auto& v : args) {
+    if (!v.is_string()) continue;
+    std::string_view arg = v.as_string();
+    if (redact_next) {
+      redact_next = false;
+      if (!arg.starts_with("-")) {
+        v = "[redacted]";
+        continue;
+      }
+    }
+    if (!arg.starts_with("-")) continue;
+    auto eq = arg.find('=');
+    if (eq != std::string_view::npos) {
+      if (is_secret_flag(arg.substr(0, eq))) v = std::string(arg.substr(0, eq + 1)) + "[redacted]";
+    } else if (is_secret_flag(arg)) {
+      redact_next = true;
+    }
+  }
+}
+}  // namespace
+
 boost::json::object to_public_json(loaded_config const& loaded) {
   auto o = to_json(loaded.cfg);
-  for (auto& [name, value] : o["model"].as_object()["adapter"].as_object()["headers"].as_object())
+  auto& adapter = o["model"].as_object()["adapter"].as_object();
+  for (auto& [name, value] : adapter["headers"].as_object())
     value = "[redacted]";
+  if (auto* lp = adapter.if_contains("launchProfile"); lp && lp->is_object())
+    if (auto* extra = lp->as_object().if_contains("extraArgs"); extra && extra->is_array())
+      redact_extra_args(extra->as_array());
   for (auto& digest : o["auth"].as_object()["apiKeySha256"].as_array())
     digest = "[redacted]";
   json::object sources;

@@ -225,6 +225,14 @@ void check_server(checker& c, server_config const& s) {
   c.range("server.port", s.port, 0, 65535);
   c.range("server.requestBodyLimitBytes", s.request_body_limit_bytes, 1, 1'048'576);
   c.range("server.threads", s.threads, 1, 16);
+  if (s.threads > 1 && s.threads <= 16)
+    c.fail(
+        "server.threads",
+        std::to_string(s.threads) +
+            " is not supported: Ray serves from one event-loop thread (the runtime, cache and scheduler are "
+            "confined to it; one thread answers tens of thousands of requests per second, far more than a "
+            "small box's model generates, and the other cores belong to llama-server); set 1 or remove the "
+            "key");
   c.range("server.maxConnections", s.max_connections, 1, 65'535);
   c.range("server.maxHeaderBytes", s.max_header_bytes, 1024, 1'048'576);
   c.range("server.maxHeaders", s.max_headers, 1, 1024);
