@@ -106,6 +106,10 @@ class key_set {
   std::vector<key_digest> digests_;
 };
 
+// The caller's scope for sharing answers (runtime::infer_request::caller): "" without a key, else an opaque
+// string embedding the digest's raw bytes — a table key like rate_limit_key(), never to be logged.
+std::string caller_scope(std::optional<key_digest> const& digest);
+
 // The one 401 of this component: same code and message whether the header is missing, malformed or carries an
 // unknown key, so a client cannot tell the cases apart.
 inline constexpr std::string_view unauthorized_message =

@@ -130,4 +130,9 @@ std::string rate_limit_key(config::rate_limit_key strategy, std::string_view ip,
   return key;
 }
 
+std::string caller_scope(std::optional<key_digest> const& digest) {
+  if (!digest) return {};
+  return rate_limit_key(config::rate_limit_key::api_key, {}, digest);
+}
+
 }  // namespace ray::access

@@ -83,6 +83,8 @@ class router final : public http::handler {
  private:
   boost::asio::awaitable<void> handle_infer(http::exchange& ex);
   boost::asio::awaitable<void> handle_openai(http::exchange& ex, bool completion);
+  // The opaque caller scope of an authenticated request ("" when auth is off): see infer_request::caller.
+  std::string caller_of(http::request const& req) const;
   void log_unknown_fields(std::vector<std::string> const& fields, std::string_view route) const;
   // Streams an admitted OpenAI request as server-sent events; returns the status it answered for the log.
   boost::asio::awaitable<unsigned> stream_openai(http::exchange& ex, runtime::chat_request call,

@@ -540,7 +540,8 @@ result<completion_request> decode_completion(std::string_view body) {
 }
 
 bool cacheable(chat_request const& req, bool x_ray_cache_on) {
-  return x_ray_cache_on || (!req.has_tools() && deterministic(req));
+  // A tool request is never cached, whatever x-ray-cache says: the cache keeps text, not tool calls.
+  return !req.has_tools() && (x_ray_cache_on || deterministic(req));
 }
 
 bool cacheable(completion_request const& req, bool x_ray_cache_on) {
@@ -591,20 +592,10 @@ result<std::string> resolve_model(std::string const& requested, config::config c
   return err;
 }
 
-ray::error context_length_exceeded(std::uint32_t context, std::uint32_t prompt_tokens,
-                                   std::uint32_t completion_tokens) {
-  auto const requested = static_cast<std::uint64_t>(prompt_tokens) + completion_tokens;
-  ray::error err{errc::context_length_exceeded,
-                 "This model's maximum context length is " + std::to_string(context) +
-                     " tokens. However, you requested " + std::to_string(requested) + " tokens (" +
-                     std::to_string(prompt_tokens) + " in the messages, " +
-                     std::to_string(completion_tokens) +
-                     " in the completion). Please reduce the length of the messages or completion."};
-  err.param = "messages";
-  err.details["contextWindow"] = context;
-  err.details["promptTokens"] = prompt_tokens;
-  err.details["completionTokens"] = completion_tokens;
-  return err;
+std::string object_id(std::string_view prefix, std::string_view request_id) {
+  std::string id(prefix);
+  id += request_id.starts_with("req_") ? request_id.substr(4) : request_id;
+  return id;
 }
 
 }  // namespace ray::api::openai

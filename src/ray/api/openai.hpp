@@ -103,9 +103,8 @@ result<std::string> resolve_model(std::string const& requested, config::config c
 // True when the name is the configured id or one of its aliases (the lenient route warns once otherwise).
 bool is_configured_model(std::string const& requested, config::config const& cfg);
 
-// The context-overflow error in the wording clients and frameworks recognise (http-api.md §3):
-// errc::context_length_exceeded, param "messages", details {contextWindow, promptTokens, completionTokens}.
-ray::error context_length_exceeded(std::uint32_t context, std::uint32_t prompt_tokens,
-                                   std::uint32_t completion_tokens);
+// The `id` of a completion object: `prefix` ("chatcmpl-", "cmpl-") + the request id without Ray's "req_"
+// (a client's own x-request-id, of any accepted length, is used whole).
+std::string object_id(std::string_view prefix, std::string_view request_id);
 
 }  // namespace ray::api::openai

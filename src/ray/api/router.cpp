@@ -1,16 +1,13 @@
 #include "ray/api/app.hpp"
 #include "ray/api/openai.hpp"
+#include "ray/http/stop.hpp"
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/bind_cancellation_slot.hpp>
-#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 
 #include <algorithm>
@@ -138,10 +135,16 @@ std::optional<ray::error> router::check_headers(http::request_header const& head
                     route.id == route_id::embeddings || route.id == route_id::chat ||
                     route.id == route_id::completions;
   if (work && acc.rate.enabled && acc.limiter) {
-    std::string_view xff[8];
-    std::size_t nx = 0;
+    // The last 8 X-Forwarded-For lines, in order: our own proxies append at the right end (client_ip trusts
+    // from there), so extra lines a client sends must push out its own, never the proxy's.
+    std::string_view ring[8];
+    std::size_t seen = 0;
     for (auto const& f : header)
-      if (iequals(f.name_string(), "x-forwarded-for") && nx < std::size(xff)) xff[nx++] = f.value();
+      if (iequals(f.name_string(), "x-forwarded-for")) ring[seen++ % std::size(ring)] = f.value();
+    std::string_view xff[std::size(ring)];
+    std::size_t const nx = std::min(seen, std::size(ring));
+    for (std::size_t i = 0; i < nx; ++i)
+      xff[i] = ring[(seen - nx + i) % std::size(ring)];
     auto ip = access::client_ip(peer.address().to_string(), std::span<std::string_view const>(xff, nx),
                                 acc.rate.trust_proxy_headers);
     auto d = acc.limiter->check(access::rate_limit_key(acc.rate.key_strategy, ip, who));
@@ -155,6 +158,19 @@ std::optional<ray::error> router::check_headers(http::request_header const& head
     return ray::error{errc::shutting_down,
                       "the gateway is shutting down; retry against another instance or later"};
   return std::nullopt;
+}
+
+std::string router::caller_of(http::request const& req) const {
+  auto const& acc = app_.access;
+  if (!acc.auth.enabled) return {};
+  std::string_view values[1];
+  std::size_t n = 0;
+  for (auto const& f : req)
+    if (f.name() == http::field::authorization && n++ == 0) values[0] = f.value();
+  if (n != 1) return {};  // check_headers admitted exactly one
+  auto token = access::bearer_token(std::span<std::string_view const>(values, 1));
+  if (!token) return {};
+  return access::caller_scope(access::key_digest::of(*token));
 }
 
 bool router::accepts_body(http::request_header const& header, std::string_view path) {
@@ -518,6 +534,7 @@ boost::asio::awaitable<void> router::handle_infer(http::exchange& ex) {
     app_.rt.count_rejection(decoded.error().code);
     if (app_.rejections) app_.rejections->record(error_code, {{"route", route.label}});
   } else {
+    if (decoded->dedupe_key) decoded->caller = caller_of(ex.req());
     held = co_await unless_client_leaves(ex, app_.rt.infer(std::move(*decoded)));
     if (!held) {
       // The client left: the backend call was cancelled with it; nobody is there to answer.
@@ -688,7 +705,7 @@ boost::asio::awaitable<void> router::handle_openai(http::exchange& ex, bool comp
       std::uint32_t const pt = r->prompt_tokens.value_or(0);
       std::uint32_t const ct = r->completion_tokens.value_or(0);
       boost::json::object o{
-          {"id", (completion ? "cmpl-" : "chatcmpl-") + ex.request_id().substr(4)},
+          {"id", openai::object_id(completion ? "cmpl-" : "chatcmpl-", ex.request_id())},
           {"object", completion ? "text_completion" : "chat.completion"},
           {"created", created.count()},
           {"model", cfg.model.id},
@@ -722,9 +739,12 @@ std::string sse_data(std::string_view payload) {
   return out;
 }
 
-// The listener side of a stream: deltas queue here (bounded by server.streamBufferBytes) and wake the writer.
-struct stream_buffer final : runtime::stream_listener {
-  stream_buffer(boost::asio::any_io_executor ex, std::size_t limit) : wake(ex), limit(limit) {}
+// A stream's shared state: the generation coroutine (which owns it with the writer, so either may end first)
+// queues deltas here, bounded by server.streamBufferBytes, and wakes the writer; the writer asks the
+// generation to leave the flight through `stop` (see http/stop.hpp: no cancellation signal of the writer's
+// frame is bound to the spawned generation).
+struct stream_state final : runtime::stream_listener {
+  stream_state(boost::asio::any_io_executor ex, std::size_t limit) : wake(ex), stop(ex), limit(limit) {}
   void on_text(std::string_view delta) override {
     if (overflow) return;
     queued += delta.size();
@@ -732,25 +752,48 @@ struct stream_buffer final : runtime::stream_listener {
       overflow =
           true;  // a client this far behind is dropped with an error event, not allowed to grow the flight
     } else {
-      deltas.emplace_back(delta);
+      deltas.push_back({std::string(delta), {}});
     }
     wake.cancel();
   }
   void on_tool_calls(boost::json::value const& delta) override {
     if (overflow) return;
-    deltas.push_back(std::string(tool_marker) + telemetry::to_json(delta));
+    deltas.push_back({{}, delta});
     wake.cancel();
   }
-  // Tool-call deltas travel in the same queue, marked (text deltas never start with a NUL byte).
-  static constexpr std::string_view tool_marker{"\0tool:", 6};
+  struct delta {
+    std::string text;
+    boost::json::value tool_calls;  // non-null: a tool-call delta
+  };
   boost::asio::steady_timer wake;
-  std::vector<std::string> deltas;
+  http::stop_source stop;
+  std::vector<delta> deltas;
   std::size_t queued{0};
   std::size_t limit;
   bool overflow{false};
   bool done{false};
   std::optional<result<runtime::infer_result>> outcome;
 };
+
+// Runs the generation of a stream; always ends with `done` set and an outcome, whatever happens inside.
+boost::asio::awaitable<void> generate_stream(runtime::runtime& rt, runtime::chat_request call,
+                                             std::shared_ptr<stream_state> st) {
+  try {
+    if (st->stop.stop_requested()) {
+      st->outcome = ray::error{errc::provider_request_failed, "the client left"};
+    } else {
+      auto out = co_await (st->stop.wait() || rt.chat(std::move(call), st.get()));
+      if (out.index() == 0)
+        st->outcome = ray::error{errc::provider_request_failed, "the client left"};
+      else
+        st->outcome = std::move(std::get<1>(out));
+    }
+  } catch (std::exception const& e) {
+    st->outcome = ray::error{errc::provider_request_failed, std::string("the stream failed: ") + e.what()};
+  }
+  st->done = true;
+  st->wake.cancel();
+}
 
 }  // namespace
 
@@ -761,21 +804,18 @@ boost::asio::awaitable<unsigned> router::stream_openai(http::exchange& ex, runti
   using namespace boost::asio::experimental::awaitable_operators;
   auto const& cfg = app_.cfg();
   auto ex_exec = co_await asio::this_coro::executor;
-  stream_buffer buf(ex_exec, cfg.server.stream_buffer_bytes);
-  asio::cancellation_signal cancel;
-  // The generation runs beside this writer; it only touches `buf` (this frame outlives it: we wait for
-  // `done`).
-  asio::co_spawn(
-      ex_exec,
-      [](runtime::runtime& rt, runtime::chat_request c, stream_buffer& b) -> asio::awaitable<void> {
-        auto out = co_await rt.chat(std::move(c), &b);
-        b.outcome = std::move(out);
-        b.done = true;
-        b.wake.cancel();
-      }(app_.rt, std::move(call), buf),
-      asio::bind_cancellation_slot(cancel.slot(), asio::detached));
+  // The generation runs beside this writer and shares `buf` with it (the runtime outlives both: shutdown
+  // destroys pending work before it).
+  auto const st = std::make_shared<stream_state>(ex_exec, cfg.server.stream_buffer_bytes);
+  auto& buf = *st;
+  asio::co_spawn(ex_exec, generate_stream(app_.rt, std::move(call), st), [](std::exception_ptr) {});
+  // Whatever way this writer ends (an exception included), the generation leaves the flight.
+  struct leave_on_exit {
+    stream_state& s;
+    ~leave_on_exit() { s.stop.request_stop(); }
+  } leave{buf};
 
-  std::string const id = (completion ? "cmpl-" : "chatcmpl-") + ex.request_id().substr(4);
+  std::string const id = openai::object_id(completion ? "cmpl-" : "chatcmpl-", ex.request_id());
   auto const created =
       std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
           .count();
@@ -796,16 +836,15 @@ boost::asio::awaitable<unsigned> router::stream_openai(http::exchange& ex, runti
     return sse_data(telemetry::to_json(o));
   };
 
-  auto tool_chunk = [&](std::string_view tool_calls_json) {
-    boost::json::object o{
-        {"id", id},
-        {"object", "chat.completion.chunk"},
-        {"created", created},
-        {"model", cfg.model.id},
-        {"choices", boost::json::array{boost::json::object{
-                        {"index", 0},
-                        {"delta", boost::json::object{{"tool_calls", boost::json::parse(tool_calls_json)}}},
-                        {"finish_reason", nullptr}}}}};
+  auto tool_chunk = [&](boost::json::value const& tool_calls) {
+    boost::json::object o{{"id", id},
+                          {"object", "chat.completion.chunk"},
+                          {"created", created},
+                          {"model", cfg.model.id},
+                          {"choices", boost::json::array{boost::json::object{
+                                          {"index", 0},
+                                          {"delta", boost::json::object{{"tool_calls", tool_calls}}},
+                                          {"finish_reason", nullptr}}}}};
     return sse_data(telemetry::to_json(o));
   };
 
@@ -842,10 +881,10 @@ boost::asio::awaitable<unsigned> router::stream_openai(http::exchange& ex, runti
       if (!headers) alive = co_await send_headers();
       std::string out;
       for (auto const& d : buf.deltas) {
-        if (std::string_view(d).substr(0, stream_buffer::tool_marker.size()) == stream_buffer::tool_marker)
-          out += tool_chunk(std::string_view(d).substr(stream_buffer::tool_marker.size()));
+        if (!d.tool_calls.is_null())
+          out += tool_chunk(d.tool_calls);
         else
-          out += chunk(d, nullptr);
+          out += chunk(d.text, nullptr);
       }
       buf.deltas.clear();
       buf.queued = 0;
@@ -871,8 +910,8 @@ boost::asio::awaitable<unsigned> router::stream_openai(http::exchange& ex, runti
 
   if (!alive || buf.overflow) {
     // The client left (or fell too far behind): leave the flight; the last waiter out cancels the backend
-    // call.
-    cancel.emit(asio::cancellation_type::terminal);
+    // call. The generation ends on its own (it owns its state); nothing here waits for it.
+    buf.stop.request_stop();
     if (alive && buf.overflow) {
       ray::error err{errc::overloaded, "the client read the stream too slowly (server.streamBufferBytes)"};
       std::string const line = sse_data(telemetry::to_json(
@@ -881,10 +920,6 @@ boost::asio::awaitable<unsigned> router::stream_openai(http::exchange& ex, runti
                                                             {"code", code_name(err.code)}}}}));
       co_await ex.write_chunk(line);
       co_await ex.end_stream();
-    }
-    while (!buf.done) {
-      buf.wake.expires_after(std::chrono::milliseconds(50));
-      co_await buf.wake.async_wait(stream_tuple);
     }
     ex.close_after_response();
     error_code = "client_closed_request";
@@ -903,8 +938,7 @@ boost::asio::awaitable<unsigned> router::stream_openai(http::exchange& ex, runti
       co_await ex.respond(std::move(res));
       co_return st;
     }
-    auto body = boost::json::parse(api::error_response(outcome.error(), envelope::openai).body());
-    std::string const line = sse_data(telemetry::to_json(body));
+    std::string const line = sse_data(api::error_response(outcome.error(), envelope::openai).body());
     co_await ex.write_chunk(line);  // and no [DONE]
     co_await ex.end_stream();
     co_return 200;

@@ -150,6 +150,17 @@ void reload(app& a, http::server& srv, std::function<result<config::loaded_confi
   }
   auto const& old_cfg = a.loaded.cfg;
   auto const& new_cfg = fresh->cfg;
+  {
+    // The startup refusals hold for a reload too: auth cannot be switched off on the public address this
+    // process is bound to (the bind itself does not change on reload).
+    config::config effective = new_cfg;
+    effective.server.host = old_cfg.server.host;
+    effective.model = old_cfg.model;
+    if (auto why = refuse_reason(effective)) {
+      a.log.error("configuration reload refused; configuration unchanged", {{"reason", *why}});
+      return;
+    }
+  }
   auto acc = make_access(new_cfg);
   if (!acc) {
     a.log.error("configuration reload failed; configuration unchanged", {{"reason", acc.error().message}});
@@ -200,6 +211,14 @@ void reload(app& a, http::server& srv, std::function<result<config::loaded_confi
     a.supervisor->reset();
   }
 }
+
+// The io_context of `serve`: shutdown() is exposed so pending work (coroutine frames, handlers) is destroyed
+// while the objects it refers to (runtime, backend, server) still exist — not by ~io_context after them.
+class io_context : public boost::asio::io_context {
+ public:
+  using boost::asio::io_context::io_context;
+  void destroy_pending_work() { shutdown(); }
+};
 
 boost::asio::awaitable<void> signal_loop(app& a, http::server& srv, boost::asio::io_context& ioc,
                                          boost::asio::signal_set& signals,
@@ -256,7 +275,7 @@ int serve(config::loaded_config loaded, serve_options opts) {
         "asyncQueue.enabled is set, but durable jobs are not available in this build yet: /v1/jobs answers "
         "503 async_queue_disabled");
 
-  boost::asio::io_context ioc(static_cast<int>(cfg.server.threads));
+  io_context ioc(static_cast<int>(cfg.server.threads));
   telemetry::registry metrics;
   auto be = cfg.model.adapter.kind == config::adapter_kind::mock
                 ? backend::make_mock(ioc.get_executor(), cfg)
@@ -341,6 +360,9 @@ int serve(config::loaded_config loaded, serve_options opts) {
   ioc.run();
   for (auto& t : extra)
     t.join();
+  // Frames still suspended (a flight unwinding, a probe, a warm-up) are destroyed now, before the backend,
+  // runtime and server they point into (their destructors may still touch them, e.g. a slot guard).
+  ioc.destroy_pending_work();
   log.flush();
   return 0;
 }

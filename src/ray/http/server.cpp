@@ -275,9 +275,22 @@ asio::awaitable<void> connection::client_gone() {
 
 asio::awaitable<void> connection::run(std::shared_ptr<connection> self) {
   (void)self;  // keeps the connection alive while the session runs
+  auto& impl = *srv_.impl_;
+  // However the session ends (an exception included), the connection is closed and no longer counted:
+  // a leaked count would refuse every new connection once it reached server.maxConnections.
+  struct accounting {
+    connection& c;
+    ~accounting() {
+      c.close();
+      {
+        std::lock_guard lock(c.srv_.impl_->mu);
+        c.srv_.impl_->live.erase(&c);
+      }
+      c.srv_.stats_.connections.fetch_sub(1, std::memory_order_relaxed);
+    }
+  } counted{*this};
   boost::system::error_code pec;
   peer_ = socket_.remote_endpoint(pec);
-  auto& impl = *srv_.impl_;
   handler& h = impl.h;
 
   for (std::uint32_t n = 1;; ++n) {
@@ -490,18 +503,12 @@ asio::awaitable<void> connection::run(std::shared_ptr<connection> self) {
     srv_.stats_.active_requests.fetch_add(1, std::memory_order_relaxed);
     try {
       co_await h.handle(ex);
-    } catch (std::exception const&) {
-      ex.close_ = true;
+    } catch (...) {
+      ex.close_ = true;  // the handler failed: the connection closes (an answer may be half-written)
     }
     srv_.stats_.active_requests.fetch_sub(1, std::memory_order_relaxed);
     if (!ex.responded_ || ex.close_ || closed_) break;
   }
-  close();
-  {
-    std::lock_guard lock(impl.mu);
-    impl.live.erase(this);
-  }
-  srv_.stats_.connections.fetch_sub(1, std::memory_order_relaxed);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -648,8 +655,10 @@ asio::awaitable<void> server::accept_loop() {
         im.live.emplace(conn.get(), conn);
       }
       auto ex = conn->socket_.get_executor();
-      asio::co_spawn(ex, conn->run(conn), asio::detached);
-      asio::co_spawn(ex, conn->watchdog(conn), asio::detached);
+      // Both catch nothing: run() accounts for itself in every outcome (see connection::run); an exception
+      // ends that connection only.
+      asio::co_spawn(ex, conn->run(conn), [](std::exception_ptr) {});
+      asio::co_spawn(ex, conn->watchdog(conn), [](std::exception_ptr) {});
     }
   }
 }

@@ -1,15 +1,13 @@
 #include "ray/runtime/runtime.hpp"
 
 #include "ray/cache/cache.hpp"
+#include "ray/http/stop.hpp"
 #include "ray/prompt/prompt.hpp"
 #include "ray/scheduler/scheduler.hpp"
 #include "ray/system/system.hpp"
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/bind_cancellation_slot.hpp>
-#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -52,14 +50,16 @@ std::string_view phase_name(phase p) {
   return "queued";
 }
 
-// One backend call that one or more waiters share.
+// One backend call that one or more waiters share. Owned jointly by its waiters and by the coroutine that
+// runs it (fly): whoever leaves last frees it, so nothing here is ever touched after it is gone.
 struct flight {
-  explicit flight(asio::any_io_executor const& ex) : done(ex, steady::time_point::max()), dispatch(ex) {}
+  explicit flight(asio::any_io_executor const& ex)
+      : done(ex, steady::time_point::max()), dispatch(ex), stop(ex) {}
   std::uint64_t id{0};
   std::string key;              // single-flight key; empty = not joinable
   asio::steady_timer done;      // cancelled when the outcome is set: wakes every waiter
   asio::steady_timer dispatch;  // cancelled when the scheduler dispatches the flight
-  asio::cancellation_signal cancel;
+  http::stop_source stop;       // requested by the last waiter to leave
   std::size_t waiters{0};
   bool dispatched{false};
   bool finished{false};
@@ -225,6 +225,9 @@ struct runtime::impl {
   void pump();
   void finish(std::shared_ptr<flight> const& f, result<infer_result> outcome);
   system::decision pressure_decision();
+  // The coroutine a flight runs in: run_flight raced against the flight's stop request, and a clean end
+  // (outcome set, scheduler entries released) whatever happens inside, exceptions included.
+  asio::awaitable<void> fly(std::shared_ptr<flight> f);
   asio::awaitable<void> run_flight(std::shared_ptr<flight> f);
   asio::awaitable<bool> warm_up();
   asio::awaitable<result<infer_result>> join_or_start(prepared p);
@@ -316,6 +319,34 @@ system::decision runtime::impl::pressure_decision() {
         system::evaluate(sampler->sample(clock.now()), cfg.graceful_degradation, sched.stats().queue_depth);
   }
   return last_decision;
+}
+
+asio::awaitable<void> runtime::impl::fly(std::shared_ptr<flight> f) {
+  std::string failure;
+  try {
+    // The stop wait goes first and never completes inline (see stop.hpp).
+    if (!f->stop.stop_requested()) co_await (f->stop.wait() || run_flight(f));
+  } catch (std::exception const& e) {
+    failure = e.what();
+  } catch (...) {
+    failure = "unknown exception";
+  }
+  f->deadline = nullptr;  // pointed into run_flight's frame
+  if (f->finished) co_return;
+  // No outcome: every waiter left before it could start, or the flight threw. Release what it may hold.
+  waiting.erase(f->id);
+  sched.cancel(f->id);
+  pump();
+  if (!failure.empty()) {
+    log.error("request failed inside the gateway", {{"reason", failure}});
+    backend_error.inc();
+    ray::error err{errc::provider_request_failed, "the request failed inside the gateway: " + failure};
+    reject(err);
+    finish(f, err);
+    co_return;
+  }
+  cancellations.with({phase_name(f->ph)}).inc();
+  finish(f, ray::error{errc::provider_request_failed, "the client left"});
 }
 
 asio::awaitable<void> runtime::impl::run_flight(std::shared_ptr<flight> f) {
@@ -546,7 +577,8 @@ asio::awaitable<result<infer_result>> runtime::impl::join_or_start(prepared p) {
     f->base = std::move(p.base);
     f->streaming = p.streaming;
     if (!flight_key.empty()) joinable.emplace(flight_key, f);
-    asio::co_spawn(ex, run_flight(f), asio::bind_cancellation_slot(f->cancel.slot(), asio::detached));
+    // The flight owns its stop request; fly() catches everything, so the completion has nothing to report.
+    asio::co_spawn(ex, fly(f), [](std::exception_ptr) {});
   }
 
   // Wait as one of the flight's waiters (a streaming one first catches up on what was produced).
@@ -563,7 +595,7 @@ asio::awaitable<result<infer_result>> runtime::impl::join_or_start(prepared p) {
     // This waiter left (its client went away). The last one out cancels the shared call.
     if (f->waiters == 0) {
       f->abandoned = true;
-      f->cancel.emit(asio::cancellation_type::terminal);
+      f->stop.request_stop();
     }
     co_return ray::error{errc::provider_request_failed, "the client left"};
   }
@@ -590,16 +622,17 @@ asio::awaitable<result<infer_result>> runtime::chat(chat_request req, stream_lis
   infer_result base;
   base.model = cfg_.model.id;
   std::size_t chars = 0;
-  std::uint32_t prompt_tokens = 0;
+  std::uint64_t tokens = 0;
   if (req.prompt) {
     chars = count_code_points(*req.prompt);
-    prompt_tokens = static_cast<std::uint32_t>(estimate_tokens(*req.prompt));
+    tokens = estimate_tokens(*req.prompt);
   } else {
     for (auto const& m : req.messages) {
       chars += count_code_points(m.content);
-      prompt_tokens += static_cast<std::uint32_t>(estimate_tokens(m.content)) + 4;  // role + template markers
+      tokens += estimate_tokens(m.content) + 4;  // role + template markers
     }
   }
+  auto const prompt_tokens = static_cast<std::uint32_t>(std::min<std::uint64_t>(tokens, UINT32_MAX));
   base.prompt_chars = chars;
   base.prompt = {"openai", chars, chars};
   base.prompt_tokens = prompt_tokens;  // the admission estimate until the backend reports its count
@@ -608,17 +641,9 @@ asio::awaitable<result<infer_result>> runtime::chat(chat_request req, stream_lis
   std::uint32_t const cap = cfg_.openai.default_max_tokens.value_or(cfg_.model.max_output_tokens);
   std::uint32_t const requested = req.max_tokens.value_or(cap);
   std::uint32_t max_tokens = std::min(requested, cfg_.model.max_output_tokens);  // above the cap: clamped
-  if (prompt_tokens >= context) {
-    ray::error err{errc::context_length_exceeded,
-                   "This model's maximum context length is " + std::to_string(context) +
-                       " tokens. However, you requested " + std::to_string(prompt_tokens + requested) +
-                       " tokens (" + std::to_string(prompt_tokens) + " in the messages, " +
-                       std::to_string(requested) +
-                       " in the completion). Please reduce the length of the messages or completion."};
-    err.param = "messages";
-    co_return fail(err);
-  }
-  if (prompt_tokens + max_tokens > context) max_tokens = context - prompt_tokens;  // clamped, never a 400
+  if (prompt_tokens >= context) co_return fail(context_length_exceeded(context, prompt_tokens, requested));
+  if (std::uint64_t{prompt_tokens} + max_tokens > context)
+    max_tokens = context - prompt_tokens;  // clamped, never a 400
 
   auto decision = im.pressure_decision();
   auto& deg = base.degradation;
@@ -697,6 +722,22 @@ asio::awaitable<result<infer_result>> runtime::chat(chat_request req, stream_lis
   p.streaming = listener != nullptr;
   auto out = co_await im.join_or_start(std::move(p));
   co_return out;
+}
+
+ray::error context_length_exceeded(std::uint32_t context, std::uint32_t prompt_tokens,
+                                   std::uint32_t completion_tokens) {
+  auto const requested = std::uint64_t{prompt_tokens} + completion_tokens;  // never wraps
+  ray::error err{errc::context_length_exceeded,
+                 "This model's maximum context length is " + std::to_string(context) +
+                     " tokens. However, you requested " + std::to_string(requested) + " tokens (" +
+                     std::to_string(prompt_tokens) + " in the messages, " +
+                     std::to_string(completion_tokens) +
+                     " in the completion). Please reduce the length of the messages or completion."};
+  err.param = "messages";
+  err.details["contextWindow"] = context;
+  err.details["promptTokens"] = prompt_tokens;
+  err.details["completionTokens"] = completion_tokens;
+  return err;
 }
 
 runtime::runtime(asio::any_io_executor ex, config::config const& cfg, backend::backend& be,
@@ -899,7 +940,12 @@ asio::awaitable<result<infer_result>> runtime::infer(infer_request req) {
   // Single-flight.
   prepared p;
   if (cfg_.scheduler.dedupe_inflight && (req.dedupe_key || cacheable) && key) {
-    p.flight_key = req.dedupe_key ? "k:" + *req.dedupe_key : "c:" + key->hex();
+    if (req.dedupe_key) {
+      // Length-prefixed caller scope, then the client's key: distinct callers never share a flight.
+      p.flight_key = "k:" + std::to_string(req.caller.size()) + ":" + req.caller + *req.dedupe_key;
+    } else {
+      p.flight_key = "c:" + key->hex();
+    }
     if (deg.applied) p.flight_key += ":d" + std::to_string(max_tokens);
   }
   p.arrived = arrived;

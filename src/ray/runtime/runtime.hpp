@@ -45,6 +45,9 @@ struct infer_request {
   std::optional<std::string> response_format{};  // "text" | "json_object"
   bool cache{true};
   std::optional<std::string> dedupe_key{};
+  // Who asks (opaque; "" when auth is off): a client's dedupeKey is joined only with the same caller's
+  // requests, so one API key cannot receive another's answer by reusing its dedupeKey.
+  std::string caller{};
   std::map<std::string, std::string> metadata{};
   std::optional<std::string> template_id{};
   std::map<std::string, std::string> template_variables{};
@@ -137,6 +140,12 @@ struct pressure_view {
   std::optional<double> memory_psi_some_avg10{}, memory_psi_full_avg10{};
   std::optional<double> cpu_throttled_ratio{}, cpu_psi_some_avg10{}, cpu_psi_full_avg10{};
 };
+
+// The context-overflow error of the OpenAI routes, in the wording clients and frameworks recognise
+// (http-api.md §3): errc::context_length_exceeded, param "messages", details {contextWindow, promptTokens,
+// completionTokens}; the total is computed in 64 bits (max_tokens may be UINT32_MAX).
+ray::error context_length_exceeded(std::uint32_t context, std::uint32_t prompt_tokens,
+                                   std::uint32_t completion_tokens);
 
 class runtime {
  public:
