@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <limits>
+
 namespace {
 
 TEST(Core, CodeNamesAreLowerSnake) {
@@ -64,6 +67,18 @@ TEST(Core, TrimAndCaseInsensitiveCompare) {
   EXPECT_EQ(ray::trim("  x y \n"), "x y");
   EXPECT_TRUE(ray::iequals("Bearer", "bEARER"));
   EXPECT_FALSE(ray::iequals("Bearer", "Bearer "));
+}
+
+// Review finding (remote.cpp): a backend's negative or NaN number was cast to size_t (undefined behaviour).
+TEST(Core, ToCountRefusesWhatIsNotACount) {
+  EXPECT_EQ(ray::to_count(3.0), std::optional<std::uint32_t>(3));
+  EXPECT_EQ(ray::to_count(0.0), std::optional<std::uint32_t>(0));
+  EXPECT_EQ(ray::to_count(-1.0), std::nullopt);
+  EXPECT_EQ(ray::to_count(std::nan("")), std::nullopt);
+  EXPECT_EQ(ray::to_count(std::numeric_limits<double>::infinity()), std::nullopt);
+  EXPECT_EQ(ray::to_count(1e20), std::nullopt);
+  EXPECT_EQ(ray::to_count(65.0, 64), std::nullopt);
+  EXPECT_EQ(ray::to_count(64.0, 64), std::optional<std::uint32_t>(64));
 }
 
 }  // namespace

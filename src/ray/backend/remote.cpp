@@ -71,6 +71,14 @@ std::optional<double> number_at(json::value const& v, std::initializer_list<std:
   return std::nullopt;
 }
 
+// A non-negative count at `path`, at most `max`; nullopt when absent or out of range (hostile backends).
+std::optional<std::uint32_t> count_at(json::value const& v, std::initializer_list<std::string_view> path,
+                                      std::uint32_t max = UINT32_MAX) {
+  auto d = number_at(v, path);
+  if (!d) return std::nullopt;
+  return to_count(*d, max);
+}
+
 std::string string_at(json::value const& v, std::initializer_list<std::string_view> path) {
   auto p = find_path(v, path);
   return p && p->is_string() ? std::string(p->get_string()) : std::string();
@@ -294,8 +302,10 @@ asio::awaitable<bool> remote_backend::read_props() {
   boost::system::error_code ec;
   auto v = json::parse(r->body, ec);
   if (ec) co_return false;
-  auto n_ctx = number_at(v, {"default_generation_settings", "n_ctx"});
-  auto slots = number_at(v, {"total_slots"});
+  // Bounded: a hostile /props must not size Ray's slot table or overflow the KV pool (2^9 slots x 2^22
+  // tokens fits 32 bits).
+  auto n_ctx = count_at(v, {"default_generation_settings", "n_ctx"}, 1u << 22);
+  auto slots = count_at(v, {"total_slots"}, 1u << 9);
   std::string build = string_at(v, {"build_info"});
   std::string model_path = string_at(v, {"model_path"});
   std::string identity = build + "|" + model_path;
@@ -317,11 +327,11 @@ asio::awaitable<bool> remote_backend::read_props() {
   details_.build = build;
   details_.model_path = model_path;
   if (n_ctx && *n_ctx > 0) {
-    desc_.context_per_request = static_cast<std::uint32_t>(*n_ctx);
+    desc_.context_per_request = *n_ctx;
     details_.n_ctx = desc_.context_per_request;
   }
   if (slots && *slots > 0) {
-    desc_.slots = static_cast<std::uint32_t>(*slots);
+    desc_.slots = *slots;
     details_.total_slots = desc_.slots;
     if (busy_.size() != desc_.slots) busy_.assign(desc_.slots, false);
   }
@@ -442,10 +452,10 @@ asio::awaitable<void> remote_backend::slots_loop() {
         if (!ec && v.is_array()) {
           std::vector<bool> ext(busy_.size(), false);
           for (auto const& slot : v.get_array()) {
-            auto id = number_at(slot, {"id"});
+            auto id = count_at(slot, {"id"});
             auto proc = find_path(slot, {"is_processing"});
             if (!id || !proc || !proc->is_bool()) continue;
-            auto i = static_cast<std::size_t>(*id);
+            std::size_t const i = *id;
             if (i < ext.size() && proc->get_bool() && !busy_[i]) ext[i] = true;
           }
           external_busy_ = std::move(ext);
@@ -527,8 +537,8 @@ ray::error remote_backend::map_status(unsigned status, std::string const& body) 
   boost::system::error_code ec;
   auto v = json::parse(body, ec);
   if (!ec && status == 400 && string_at(v, {"error", "type"}) == "exceed_context_size_error") {
-    auto n_prompt = number_at(v, {"error", "n_prompt_tokens"}).value_or(0);
-    auto n_ctx = number_at(v, {"error", "n_ctx"}).value_or(desc_.context_per_request);
+    double const n_prompt = count_at(v, {"error", "n_prompt_tokens"}).value_or(0);
+    double const n_ctx = count_at(v, {"error", "n_ctx"}).value_or(desc_.context_per_request);
     ray::error err{errc::request_context_window_exceeded,
                    "the prompt (" + std::to_string(std::lround(n_prompt)) +
                        " tokens by the backend's tokenizer) exceeds the context window of " +
@@ -671,8 +681,10 @@ asio::awaitable<result<generation_result>> remote_backend::generate(generation_r
       if (auto tc = find_path(c0, {"delta", "tool_calls"}); tc && tc->is_array()) {
         // Assemble by index: id/type/name arrive once, `arguments` in pieces.
         for (auto const& piece : tc->get_array()) {
-          auto i = static_cast<std::size_t>(number_at(piece, {"index"}).value_or(0));
-          if (i > 64) continue;
+          auto index = number_at(piece, {"index"});
+          auto bounded = index ? to_count(*index, 64) : std::optional<std::uint32_t>(0);
+          if (!bounded) continue;  // negative, NaN or beyond 64 parallel calls: not a call we keep
+          std::size_t const i = *bounded;
           while (out.tool_calls.size() <= i)
             out.tool_calls.push_back(
                 json::object{{"id", ""},
@@ -696,17 +708,15 @@ asio::awaitable<result<generation_result>> remote_backend::generate(generation_r
         finish = std::string(fr->get_string());
     }
     if (auto u = find_path(v, {"usage"}); u && u->is_object()) {
-      if (auto p = number_at(*u, {"prompt_tokens"})) out.prompt_tokens = static_cast<std::uint32_t>(*p);
-      if (auto c = number_at(*u, {"completion_tokens"}))
-        out.completion_tokens = static_cast<std::uint32_t>(*c);
-      if (auto cached = number_at(*u, {"prompt_tokens_details", "cached_tokens"}))
-        out.tokens_cached = static_cast<std::uint32_t>(*cached);
+      if (auto p = count_at(*u, {"prompt_tokens"})) out.prompt_tokens = *p;
+      if (auto c = count_at(*u, {"completion_tokens"})) out.completion_tokens = *c;
+      if (auto cached = count_at(*u, {"prompt_tokens_details", "cached_tokens"})) out.tokens_cached = *cached;
     }
     if (auto t = find_path(v, {"timings"}); t && t->is_object()) {
       out.prompt_tokens_per_second = number_at(*t, {"prompt_per_second"}).value_or(0);
       out.completion_tokens_per_second = number_at(*t, {"predicted_per_second"}).value_or(0);
-      if (auto n = number_at(*t, {"prompt_n"})) out.tokens_evaluated = static_cast<std::uint32_t>(*n);
-      if (auto n = number_at(*t, {"cache_n"})) out.tokens_cached = static_cast<std::uint32_t>(*n);
+      if (auto n = count_at(*t, {"prompt_n"})) out.tokens_evaluated = *n;
+      if (auto n = count_at(*t, {"cache_n"})) out.tokens_cached = *n;
     }
   }
   if (!done && finish.empty())

@@ -1,5 +1,7 @@
 #include "ray/core/core.hpp"
 
+#include <cmath>
+
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
@@ -141,6 +143,11 @@ std::size_t count_code_points(std::string_view s) noexcept {
   for (unsigned char c : s)
     n += (c & 0xC0) != 0x80;
   return n;
+}
+
+std::optional<std::uint32_t> to_count(double v, std::uint32_t max) noexcept {
+  if (!std::isfinite(v) || v < 0 || v > static_cast<double>(max)) return std::nullopt;
+  return static_cast<std::uint32_t>(v);
 }
 
 std::size_t estimate_tokens(std::string_view s) noexcept {

@@ -108,6 +108,10 @@ std::string new_id(std::string_view prefix);
 // An incoming x-request-id is echoed when it is 1–128 chars of [A-Za-z0-9._-].
 bool is_valid_request_id(std::string_view id) noexcept;
 
+// A count read from untrusted JSON (a backend's numbers are input too): nullopt for NaN, infinities,
+// negatives and values above `max` — never an undefined float-to-integer conversion.
+std::optional<std::uint32_t> to_count(double v, std::uint32_t max = UINT32_MAX) noexcept;
+
 // Number of Unicode code points in UTF-8 text (invalid bytes count as one each).
 std::size_t count_code_points(std::string_view utf8) noexcept;
 // Token estimate: ceil(bytes / 4), but at least the number of non-ASCII code points.
