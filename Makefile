@@ -4,7 +4,7 @@ JOBS ?= $(shell nproc)
 CMAKE_COMMON := -G Ninja -DCMAKE_EXPORT_COMPILE_COMMANDS=ON
 PORT ?= 3000
 
-.PHONY: bootstrap build debug run test bench fmt fmt-check lint asan clean
+.PHONY: bootstrap build debug run test test-debug soak fuzz bench fmt fmt-check lint asan clean
 
 bootstrap:
 	@./scripts/bootstrap
@@ -27,8 +27,35 @@ run: build
 	@echo "  health: http://127.0.0.1:$(PORT)/health"
 	@exec ./build/release/ray serve --profile tiny --port $(PORT)
 
-test: debug
-	@cd build/debug && ctest --output-on-failure -j $(JOBS) --timeout 300
+# `make test` runs every suite once, in the sanitizer configuration (clang, ASan + UBSan, any UB aborts): the
+# integration suites then drive an instrumented `ray`. `make test-debug` is the same suites in the GCC Debug
+# build. The soak (tests/soak, label soak) runs with `make soak`.
+SANITIZER_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+FUZZ_S ?= 20
+
+build/asan/build.ninja: | bootstrap
+	@CC=clang CXX=clang++ cmake -S . -B build/asan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=Debug -DRAY_SANITIZE=ON -DRAY_FUZZ=ON -DRAY_BUILD_BENCH=OFF >/dev/null
+
+asan: bootstrap build/asan/build.ninja
+	@cmake --build build/asan -j $(JOBS)
+
+test: asan
+	@cd build/asan && $(SANITIZER_ENV) ctest --output-on-failure -j $(JOBS) --timeout 600 -LE soak
+
+test-debug: debug
+	@cd build/debug && ctest --output-on-failure -j $(JOBS) --timeout 300 -LE soak
+
+soak: asan
+	@cd build/asan && $(SANITIZER_ENV) ctest --output-on-failure -L soak --timeout 900
+
+# Each libFuzzer target for FUZZ_S seconds from its committed corpus (a copy: new inputs stay out of the tree).
+fuzz: asan
+	@set -e; for t in build/asan/tests/*_fuzz; do \
+	  name=$$(basename $$t _fuzz); work=build/asan/fuzz-$$name; rm -rf $$work; mkdir -p $$work; \
+	  cp -r tests/fuzz/corpus/$$name/. $$work/; \
+	  echo "fuzz: $$name for $(FUZZ_S) s"; \
+	  $(SANITIZER_ENV) $$t -max_total_time=$(FUZZ_S) -print_final_stats=1 $$work 2>&1 | tail -n 12; \
+	done
 
 bench: bootstrap build/release/build.ninja
 	@cmake --build build/release -j $(JOBS)
@@ -43,10 +70,6 @@ fmt-check:
 lint: build/debug/build.ninja
 	@git ls-files 'src/*.cpp' | xargs clang-tidy -p build/debug --quiet
 
-asan: bootstrap
-	@CC=clang CXX=clang++ cmake -S . -B build/asan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=Debug -DRAY_SANITIZE=ON -DRAY_BUILD_BENCH=OFF >/dev/null
-	@cmake --build build/asan -j $(JOBS)
-	@cd build/asan && ctest --output-on-failure -j $(JOBS) --timeout 600
 
 clean:
 	@rm -rf build
