@@ -4,8 +4,8 @@
 //
 // The server knows nothing about routes or error bodies: a `handler` (api::router) checks routes after the
 // header section is read, renders every error (the one error→HTTP mapping lives in api), and handles
-// requests. Threading: the server runs on the io_context it is given, on one thread (config validation refuses
-// server.threads > 1).
+// requests. Threading: the server runs on the io_context it is given, on one thread (config validation
+// refuses server.threads > 1).
 #pragma once
 
 #include "ray/core/core.hpp"
