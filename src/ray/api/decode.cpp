@@ -120,7 +120,7 @@ result<runtime::infer_request> decode_infer_request(std::string_view body, confi
     for (std::size_t i = 0; i < a.size(); ++i) {
       std::string path = "stop[" + std::to_string(i) + "]";
       if (!a[i].is_string()) return field_error(path, "must be a string");
-      auto s = a[i].get_string();
+      std::string_view s = a[i].get_string();
       auto len = count_code_points(s);
       if (len < 1 || len > 256) return field_error(path, "must be 1 to 256 characters");
       req.stop.emplace_back(s);

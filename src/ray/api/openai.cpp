@@ -289,7 +289,7 @@ result<message> decode_message(json::value const& v, std::size_t i) {
   auto role = find(o, "role");
   if (!role || !role->is_string())
     return field_error(path + ".role", "is required: one of system, developer, user, assistant, tool");
-  auto r = role->get_string();
+  std::string_view r = role->get_string();
   if (r == "developer") {
     m.role = "system";
   } else if (r == "system" || r == "user" || r == "assistant" || r == "tool") {
@@ -355,7 +355,7 @@ std::optional<ray::error> decode_tools(json::object const& o, chat_request& out)
   auto choice = find(o, "tool_choice");
   if (choice) {
     if (choice->is_string()) {
-      auto s = choice->get_string();
+      auto const& s = choice->get_string();  // a reference: choice_word views it below
       if (s != "none" && s != "auto" && s != "required")
         return field_error("tool_choice",
                            "must be \"none\", \"auto\", \"required\" or {\"type\":\"function\",\"function\":"
