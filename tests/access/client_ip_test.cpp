@@ -9,8 +9,53 @@ namespace {
 
 using ray::access::is_private_address;
 
+// Proxies on loopback and the private ranges (the rule these cases were written for).
+ray::access::proxy_list const& private_proxies() {
+  static auto const list = *ray::access::proxy_list::parse(
+      {"127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "::1", "fc00::/7", "fe80::/10"});
+  return list;
+}
+
 std::string ip(std::string_view peer, std::vector<std::string_view> xff, bool trust = true) {
-  return ray::access::client_ip(peer, std::span<std::string_view const>(xff), trust);
+  return ray::access::client_ip(peer, std::span<std::string_view const>(xff), trust, private_proxies());
+}
+
+// Review finding: any private peer counted as a trusted proxy. Now only rateLimit.trustedProxies do
+// (loopback by default).
+TEST(ClientIp, OnlyListedProxiesAreBelieved) {
+  ray::config::rate_limit_config defaults;
+  auto loopback = *ray::access::proxy_list::parse(defaults.trusted_proxies);
+  std::vector<std::string_view> xff{"198.51.100.1"};
+  auto call = [&](std::string_view peer, ray::access::proxy_list const& l) {
+    return ray::access::client_ip(peer, std::span<std::string_view const>(xff), true, l);
+  };
+  EXPECT_EQ(call("127.0.0.1", loopback), "198.51.100.1");
+  EXPECT_EQ(call("::1", loopback), "198.51.100.1");
+  EXPECT_EQ(call("10.1.2.3", loopback), "10.1.2.3");  // a private neighbour is not our proxy
+  EXPECT_EQ(call("192.168.1.9", loopback), "192.168.1.9");
+  auto lan = *ray::access::proxy_list::parse({"10.1.0.0/16"});
+  EXPECT_EQ(call("10.1.2.3", lan), "198.51.100.1");
+  EXPECT_EQ(call("10.2.0.1", lan), "10.2.0.1");
+  EXPECT_EQ(call("::ffff:10.1.2.3", lan), "198.51.100.1");  // IPv4-mapped peer
+  // A forwarded chain: entries that are trusted proxies are skipped from the right, the next one is the
+  // client.
+  std::vector<std::string_view> chain{"203.0.113.5, 10.1.0.7"};
+  EXPECT_EQ(ray::access::client_ip("10.1.2.3", std::span<std::string_view const>(chain), true, lan),
+            "203.0.113.5");
+  EXPECT_EQ(ray::access::client_ip("10.1.2.3", std::span<std::string_view const>(chain), true, loopback),
+            "10.1.2.3");
+}
+
+TEST(ClientIp, TrustedProxyEntriesAreValidated) {
+  using ray::access::proxy_list;
+  EXPECT_TRUE(proxy_list::parse({"10.0.0.0/8", "fd00::/8", "::1/128"}).has_value());
+  auto bad = proxy_list::parse({"10.0.0.0/8", "10.0.0.0/33"});
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().message,
+            "rateLimit.trustedProxies[1]: '10.0.0.0/33' has a prefix longer than 32 bits");
+  EXPECT_FALSE(proxy_list::parse({"proxy.local"}));
+  EXPECT_FALSE(proxy_list::parse({"10.0.0.0/"}));
+  EXPECT_FALSE(proxy_list::parse({"::/129"}));
 }
 
 TEST(ClientIp, WithoutForwardedHeadersThePeerIsTheClient) {

@@ -325,3 +325,15 @@ TEST(Validate, LoopbackHostsAreRecognised) {
 }
 
 }  // namespace
+
+// Review finding: any private peer counted as a trusted proxy. The list is explicit now, and bounded.
+TEST(Validate, TrustedProxiesAreABoundedList) {
+  EXPECT_TRUE(loads(R"({"profile":"tiny","rateLimit":{"trustedProxies":["10.0.0.5","fd00::/8"]}})"));
+  auto c = *rc::profile_defaults("tiny");
+  EXPECT_EQ(c.rate_limit.trusted_proxies, (std::vector<std::string>{"127.0.0.0/8", "::1"}));
+  c.rate_limit.trusted_proxies.assign(257, "10.0.0.1");
+  auto r = rc::validate(c);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().param, "rateLimit.trustedProxies");
+  EXPECT_NE(r.error().message.find("at most 256"), std::string::npos) << r.error().message;
+}

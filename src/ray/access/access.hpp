@@ -212,16 +212,36 @@ inline constexpr std::size_t max_forwarded_bytes = 1024;
 // included). `ip` is any textual form client_ip accepts; false when it does not parse.
 bool is_private_address(std::string_view ip) noexcept;
 
+// The peers whose X-Forwarded-For is believed (rateLimit.trustedProxies): addresses and CIDR blocks, IPv4 or
+// IPv6 (an IPv4-mapped IPv6 peer matches the IPv4 entries).
+class proxy_list {
+ public:
+  proxy_list() = default;  // trusts nobody
+  // "127.0.0.1", "10.0.0.0/8", "::1", "fd00::/8". Errors name rateLimit.trustedProxies[i].
+  static result<proxy_list> parse(std::vector<std::string> const& entries);
+  bool contains(std::string_view ip) const noexcept;
+  std::size_t size() const noexcept { return nets_.size(); }
+
+ private:
+  struct net {
+    bool v4{false};
+    unsigned char bytes[16]{};
+    unsigned prefix{0};
+  };
+  std::vector<net> nets_;
+  friend std::string client_ip(std::string_view, std::span<std::string_view const>, bool, proxy_list const&);
+};
+
 // The address a request is attributed to, as normalised text (inet_ntop form; IPv4-mapped IPv6 such as
 // ::ffff:1.2.3.4 becomes 1.2.3.4, for the peer too; an IPv6 zone "%eth0" is dropped).
-// X-Forwarded-For is honoured only when `trust_proxy_headers` and the peer is loopback or private. Its values
+// X-Forwarded-For is honoured only when `trust_proxy_headers` and the peer is in `trusted`. Its values
 // are joined by commas (in order) and walked from the right over at most the last 1 KiB and 32 entries; an
 // entry may carry a port (1.2.3.4:5678, [::1]:80) or brackets; malformed entries (and 0.0.0.0 / ::) are
-// skipped. The rightmost valid entry that is not private is the client; when all are private, the leftmost
-// valid one considered; when none is valid, the peer. A peer that does not parse is returned as given (at
-// most 64 bytes) and XFF is then ignored.
+// skipped. The rightmost valid entry that is not a trusted proxy is the client; when all are trusted, the
+// leftmost valid one considered; when none is valid, the peer. A peer that does not parse is returned as
+// given (at most 64 bytes) and XFF is then ignored.
 std::string client_ip(std::string_view peer_address, std::span<std::string_view const> x_forwarded_for_values,
-                      bool trust_proxy_headers);
+                      bool trust_proxy_headers, proxy_list const& trusted);
 
 // The rate-limiter key for a request (≤ 102 bytes; the ip is cut at 64 bytes, a normalised IP has ≤ 45):
 // ip → the ip; api-key → the verified key's digest, or the ip when there is none (auth off); ip+api-key →

@@ -115,15 +115,69 @@ bool is_private_address(std::string_view ip) noexcept {
   return a && is_private(*a);
 }
 
+namespace {
+bool in(address const& a, bool v4, unsigned char const* bytes, unsigned prefix) noexcept {
+  if (a.v4 != v4) return false;
+  unsigned full = prefix / 8, rest = prefix % 8;
+  if (std::memcmp(a.bytes, bytes, full) != 0) return false;
+  if (rest == 0) return true;
+  auto mask = static_cast<unsigned char>(0xff << (8 - rest));
+  return (a.bytes[full] & mask) == (bytes[full] & mask);
+}
+}  // namespace
+
+result<proxy_list> proxy_list::parse(std::vector<std::string> const& entries) {
+  proxy_list out;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    std::string_view e = entries[i];
+    auto bad = [&](std::string const& why) -> result<proxy_list> {
+      ray::error err{errc::invalid_request, "rateLimit.trustedProxies[" + std::to_string(i) + "]: '" +
+                                                std::string(e.substr(0, 80)) + "' " + why};
+      err.param = "rateLimit.trustedProxies";
+      return err;
+    };
+    auto slash = e.find('/');
+    auto a = ray::access::parse(e.substr(0, slash));
+    if (!a) return bad("is not an IP address or CIDR block");
+    unsigned const max = a->v4 ? 32 : 128;
+    unsigned prefix = max;
+    if (slash != std::string_view::npos) {
+      auto digits = e.substr(slash + 1);
+      if (digits.empty() || digits.size() > 3 ||
+          !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        return bad("has no valid prefix length");
+      prefix = static_cast<unsigned>(std::stoul(std::string(digits)));
+      if (prefix > max) return bad("has a prefix longer than " + std::to_string(max) + " bits");
+    }
+    net n;
+    n.v4 = a->v4;
+    std::memcpy(n.bytes, a->bytes, sizeof n.bytes);
+    n.prefix = prefix;
+    out.nets_.push_back(n);
+  }
+  return out;
+}
+
+bool proxy_list::contains(std::string_view ip) const noexcept {
+  auto a = ray::access::parse(ip);
+  if (!a) return false;
+  return std::any_of(nets_.begin(), nets_.end(),
+                     [&](net const& n) { return in(*a, n.v4, n.bytes, n.prefix); });
+}
+
 std::string client_ip(std::string_view peer_address, std::span<std::string_view const> x_forwarded_for_values,
-                      bool trust_proxy_headers) {
+                      bool trust_proxy_headers, proxy_list const& trusted) {
+  auto is_proxy = [&](address const& a) {
+    return std::any_of(trusted.nets_.begin(), trusted.nets_.end(),
+                       [&](proxy_list::net const& n) { return in(a, n.v4, n.bytes, n.prefix); });
+  };
   auto peer = parse(peer_address);
   if (!peer) return std::string(peer_address.substr(0, 64));
-  if (!trust_proxy_headers || !is_private(*peer)) return format(*peer);
+  if (!trust_proxy_headers || !is_proxy(*peer)) return format(*peer);
 
   // Walk the comma-joined values from the right, within the byte and entry bounds. Entries nearest the peer
   // were written by our own proxies; what a client wrote is on the left, so that is what the bounds cut.
-  std::optional<address> leftmost_private;
+  std::optional<address> leftmost_private;  // leftmost trusted proxy seen
   std::size_t bytes = 0, entries = 0;
   for (std::size_t v = x_forwarded_for_values.size(); v-- > 0;) {
     std::string_view value = x_forwarded_for_values[v];
@@ -134,7 +188,7 @@ std::string client_ip(std::string_view peer_address, std::span<std::string_view 
       if (bytes > max_forwarded_bytes + 1 || ++entries > max_forwarded_entries)
         return format(leftmost_private ? *leftmost_private : *peer);
       if (auto a = parse(entry)) {
-        if (!is_private(*a)) return format(*a);
+        if (!is_proxy(*a)) return format(*a);
         leftmost_private = *a;
       }
       if (comma == std::string_view::npos) break;

@@ -50,6 +50,7 @@ struct access_state {
   config::rate_limit_config rate{};
   std::shared_ptr<access::key_set const> keys{};
   std::unique_ptr<access::rate_limiter> limiter{};
+  access::proxy_list proxies{};  // rateLimit.trustedProxies
 };
 
 struct app {

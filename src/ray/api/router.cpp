@@ -146,7 +146,7 @@ std::optional<ray::error> router::check_headers(http::request_header const& head
     for (std::size_t i = 0; i < nx; ++i)
       xff[i] = ring[(seen - nx + i) % std::size(ring)];
     auto ip = access::client_ip(peer.address().to_string(), std::span<std::string_view const>(xff, nx),
-                                acc.rate.trust_proxy_headers);
+                                acc.rate.trust_proxy_headers, acc.proxies);
     auto d = acc.limiter->check(access::rate_limit_key(acc.rate.key_strategy, ip, who));
     extra.emplace_back("x-ratelimit-limit", std::to_string(d.limit));
     extra.emplace_back("x-ratelimit-remaining", std::to_string(d.remaining));

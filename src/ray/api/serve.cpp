@@ -74,6 +74,9 @@ result<access_state> make_access(config::config const& cfg) {
   }
   if (cfg.rate_limit.enabled)
     acc.limiter = std::make_unique<access::rate_limiter>(cfg.rate_limit, ray::system_clock());
+  auto proxies = access::proxy_list::parse(cfg.rate_limit.trusted_proxies);
+  if (!proxies) return proxies.error();
+  acc.proxies = std::move(*proxies);
   return acc;
 }
 
@@ -87,6 +90,12 @@ boost::json::object access_summary(access_state const& acc) {
     f["keyStrategy"] = config::rate_limit_key_name(acc.rate.key_strategy);
     f["maxKeys"] = acc.rate.max_keys;
     f["trustProxyHeaders"] = acc.rate.trust_proxy_headers;
+    if (acc.rate.trust_proxy_headers) {
+      boost::json::array list;
+      for (auto const& p : acc.rate.trusted_proxies)
+        list.emplace_back(p);
+      f["trustedProxies"] = std::move(list);
+    }
   }
   return f;
 }

@@ -256,6 +256,10 @@ struct rate_limit_config {
   std::uint32_t max_keys{2048};
   rate_limit_key key_strategy{rate_limit_key::ip};
   bool trust_proxy_headers{false};
+  // The peers (addresses or CIDR blocks) whose X-Forwarded-For is believed when trustProxyHeaders is on:
+  // loopback by default (a reverse proxy on the same box); list a proxy on a private network explicitly —
+  // any private peer is not a proxy of ours.
+  std::vector<std::string> trusted_proxies{"127.0.0.0/8", "::1"};
 
   friend bool operator==(rate_limit_config const&, rate_limit_config const&) = default;
 };

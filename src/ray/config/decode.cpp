@@ -588,7 +588,8 @@ void decoder::rate_limit(json::value const& v, std::string const& path, rate_lim
        {"keyStrategy", choice<rate_limit_key>(r.key_strategy, {{"ip", rate_limit_key::ip},
                                                                {"api-key", rate_limit_key::api_key},
                                                                {"ip+api-key", rate_limit_key::ip_api_key}})},
-       {"trustProxyHeaders", boolean(r.trust_proxy_headers)}});
+       {"trustProxyHeaders", boolean(r.trust_proxy_headers)},
+       {"trustedProxies", strings(r.trusted_proxies)}});
 }
 
 }  // namespace ray::config::detail

@@ -253,7 +253,8 @@ boost::json::object to_json(config const& c) {
                                  {"maxRequests", c.rate_limit.max_requests},
                                  {"maxKeys", c.rate_limit.max_keys},
                                  {"keyStrategy", rate_limit_key_name(c.rate_limit.key_strategy)},
-                                 {"trustProxyHeaders", c.rate_limit.trust_proxy_headers}}},
+                                 {"trustProxyHeaders", c.rate_limit.trust_proxy_headers},
+                                 {"trustedProxies", strings(c.rate_limit.trusted_proxies)}}},
       {"tags", string_map(c.tags)},
   };
 }

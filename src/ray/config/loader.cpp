@@ -126,6 +126,7 @@ constexpr env_var env_vars[] = {
     {"RAY_RATE_LIMIT_MAX_KEYS", "rateLimit.maxKeys", integer},
     {"RAY_RATE_LIMIT_KEY_STRATEGY", "rateLimit.keyStrategy", string},
     {"RAY_RATE_LIMIT_TRUST_PROXY_HEADERS", "rateLimit.trustProxyHeaders", boolean},
+    {"RAY_RATE_LIMIT_TRUSTED_PROXIES", "rateLimit.trustedProxies", list},
 };
 
 // Known names that set no field: the profile choice and the default API-key variable (a secret read by

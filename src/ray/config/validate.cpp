@@ -564,6 +564,11 @@ void check_rest(checker& c, config const& cfg) {
   c.range("rateLimit.windowMs", cfg.rate_limit.window_ms, 1000, 86'400'000);
   c.range("rateLimit.maxRequests", cfg.rate_limit.max_requests, 1, 1'000'000);
   c.range("rateLimit.maxKeys", cfg.rate_limit.max_keys, 1, 1'000'000);
+  // Each entry's syntax is checked where it is parsed (access::proxy_list, at start and on reload); here the
+  // list is bounded.
+  if (cfg.rate_limit.trusted_proxies.size() > 256)
+    c.fail("rateLimit.trustedProxies", "lists " + std::to_string(cfg.rate_limit.trusted_proxies.size()) +
+                                           " entries; at most 256 (use CIDR blocks)");
 
   for (auto const& [k, v] : cfg.tags) {
     auto p = join("tags", k);
