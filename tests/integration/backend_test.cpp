@@ -271,7 +271,9 @@ TEST(Backend, CrashIsSeenWithinTwoIntervalsAndARestartIsCountedAndEmptiesTheCach
   EXPECT_EQ(metric(s.port(), "ray_backend_state{state=\"unreachable\"}"), 1);
   auto failed = inflight.read_response(rt::in(kIo));
   ASSERT_TRUE(failed) << inflight.last_error();
-  EXPECT_TRUE(is_error(*failed, 502, "provider_request_failed"));
+  // The backend went away mid-answer: 503 with Retry-After (retry once it is back), not a 502.
+  EXPECT_TRUE(is_error(*failed, 503, "provider_unavailable"));
+  EXPECT_TRUE(failed->has_header("retry-after")) << failed->describe();
   EXPECT_EQ(f->process().wait_exit(rt::in(kIo)), -SIGABRT);
 
   // The same port again: Ray is back without being restarted itself, and counts one restart.

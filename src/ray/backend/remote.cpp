@@ -196,6 +196,17 @@ class remote_backend final : public backend {
 
   void probe_now() { wake_.cancel(); }
 
+  // A transport failure (connection refused or reset, closed mid-answer) means the backend went away: 503
+  // provider_unavailable ("unreachable", http-api.md §6) with Retry-After, so clients retry once it is back —
+  // not a 502, which says the backend answered badly. The probe runs at once.
+  ray::error went_away(ray::error e) {
+    if (e.code != errc::provider_request_failed) return e;
+    probe_now();
+    e.code = errc::provider_unavailable;
+    e.message = "the backend is unreachable (" + e.message + "); retry shortly";
+    return e;
+  }
+
   // Slot choice: the affinity key's slot when free; else a free slot no other key owns; else any free slot.
   int pick_slot(std::uint64_t key) {
     if (cfg_.model.adapter.slot_id) return *cfg_.model.adapter.slot_id;
@@ -627,10 +638,7 @@ asio::awaitable<result<generation_result>> remote_backend::generate(generation_r
                                   path(req.raw_completion ? "/v1/completions" : "/v1/chat/completions"),
                                   json::serialize(body), request_headers(), timeout};
   auto stream = co_await client_.open(call);
-  if (!stream) {
-    if (stream.error().code == errc::provider_request_failed) probe_now();
-    co_return stream.error();
-  }
+  if (!stream) co_return went_away(stream.error());
   auto& s = **stream;
   if (s.status() != 200) {
     auto text = co_await s.read_all(timeout);
@@ -644,10 +652,7 @@ asio::awaitable<result<generation_result>> remote_backend::generate(generation_r
   std::string finish;
   for (;;) {
     auto ev = co_await s.next_event(timeout);
-    if (!ev) {
-      if (ev.error().code == errc::provider_request_failed) probe_now();
-      co_return ev.error();
-    }
+    if (!ev) co_return went_away(ev.error());
     if (!*ev) break;
     auto const& data = (*ev)->data;
     if (data == "[DONE]") {
@@ -668,7 +673,7 @@ asio::awaitable<result<generation_result>> remote_backend::generate(generation_r
       auto content = find_path(c0, {"delta", "content"});
       if (!content) content = find_path(c0, {"text"});  // /v1/completions chunks
       if (content && content->is_string()) {
-        auto piece = content->get_string();
+        std::string_view piece = content->get_string();
         if (!piece.empty()) {
           if (!saw_first) {
             out.ttft_ms = std::chrono::duration<double, std::milli>(steady::now() - started).count();
