@@ -54,7 +54,10 @@ fuzz: asan
 	  name=$$(basename $$t _fuzz); work=build/asan/fuzz-$$name; rm -rf $$work; mkdir -p $$work; \
 	  cp -r tests/fuzz/corpus/$$name/. $$work/; \
 	  echo "fuzz: $$name for $(FUZZ_S) s"; \
-	  $(SANITIZER_ENV) $$t -max_total_time=$(FUZZ_S) -print_final_stats=1 $$work 2>&1 | tail -n 12; \
+	  if ! $(SANITIZER_ENV) $$t -max_total_time=$(FUZZ_S) -print_final_stats=1 -artifact_prefix=$$work-crash- $$work > $$work.log 2>&1; then \
+	    tail -n 80 $$work.log; echo "fuzz: $$name FAILED (the input: $$work-crash-*)"; exit 1; \
+	  fi; \
+	  tail -n 6 $$work.log; \
 	done
 
 bench: bootstrap build/release/build.ninja
