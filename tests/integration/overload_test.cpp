@@ -273,5 +273,51 @@ TEST(Overload, ShutdownDuringAHangingGenerationExitsCleanly) {
   EXPECT_EQ(*st, 0) << s.output_tail();
 }
 
+// Finding: the detached stream generation never marked itself done when it failed, so the writer pinged on
+// and shutdown waited out its grace; and the stream writer parsed with the throwing json::parse. A stream
+// whose backend fails mid-answer (an error event from the backend, then malformed events) ends with one
+// error event and no [DONE], the connection is released, and SIGTERM right after exits at once with 0.
+TEST(Overload, AStreamWhoseGenerationFailsEndsWithAnErrorEventAndShutdownIsPrompt) {
+  fake_llama fake({"-c", "2048", "-np", "2", "--fail-after-tokens", "2"});
+  ASSERT_TRUE(fake.ok()) << fake.output();
+  auto cfg = test_config({{"shutdownGraceMs", 20000}}, {{"kind", "llama.cpp"}, {"baseUrl", fake.url()}});
+  ray_server s(cfg, no_host_pressure());
+  ASSERT_TRUE(s.wait_listening());
+  ASSERT_TRUE(eventually([&] {
+    auto r = roundtrip(s.port(), get("/readyz"));
+    return r && r->status == 200;
+  }));
+  std::string const chat =
+      R"({"messages":[{"role":"user","content":"fail soon"}],"stream":true,"max_tokens":20})";
+  for (bool malformed : {false, true}) {
+    SCOPED_TRACE(malformed ? "malformed events" : "error event");
+    if (malformed) ASSERT_TRUE(fake.control({{"fail_after_tokens", -1}, {"malformed_json", true}}));
+    auto c = s.connect();
+    ASSERT_TRUE(c.send(post_json("/v1/chat/completions", chat)));
+    auto r = c.read_response(rt::in(kIo));
+    ASSERT_TRUE(r) << c.last_error();
+    if (malformed) {
+      // Garbage from the first event on: the stream never started, so it is a real status.
+      EXPECT_TRUE(is_error(*r, 502, "provider_invalid_response"));
+    } else {
+      ASSERT_EQ(r->status, 200) << r->describe();
+      EXPECT_NE(r->body.find("data: {\"error\""), std::string::npos) << r->body;
+      EXPECT_EQ(r->body.find("data: [DONE]"), std::string::npos) << r->body;
+    }
+    // The same connection serves the next request: the stream's writer let go of it.
+    EXPECT_TRUE(connection_consistent(c, *r));
+  }
+  EXPECT_TRUE(eventually([&] {
+    auto h = roundtrip(s.port(), get("/health"));
+    auto o = h ? json_body(*h) : std::nullopt;
+    return o && num(*o, "inFlight") == 0;
+  }));
+  // Nothing is left running, so the exit comes well within the 20 s grace (wait_exit gives it 10 s).
+  ASSERT_TRUE(s.process().signal(SIGTERM));
+  auto st = s.process().wait_exit(rt::in(kIo));
+  ASSERT_TRUE(st) << "still running 10 s after SIGTERM: a stream was left behind\n" << s.output_tail();
+  EXPECT_EQ(*st, 0) << s.output_tail();
+}
+
 }  // namespace
 }  // namespace ray::itest
