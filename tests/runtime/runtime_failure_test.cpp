@@ -69,12 +69,12 @@ TEST(RuntimeCancel, LeavingWhileQueuedFreesThePlaceAndNeverReachesTheBackend) {
 // The last waiter of a queued flight leaves at every point of the hand-over from the request ahead of it
 // (k handlers between the two events, both orders): either its call never starts or it is cancelled, and
 // nothing stays in flight for nobody.
-// BUG (src/ray/runtime/runtime.cpp, run_flight()): fails for (order 0, k 0), (order 1, k 0) and (order 1,
-// k 1). The stop reaches run_flight while it awaits `dispatch || deadline` after pump() has already set
-// f->dispatched; run_flight then calls generate() without checking cancelled(), and the cancellation, emitted
-// before `deadline_watch || generate` started, never reaches them: the backend generates for nobody until it
-// finishes or requestTimeoutMs passes, holding the slot.
-TEST(RuntimeCancel, DISABLED_LeavingAroundDispatchNeverLeavesAnOrphanCall) {
+// Finding (fixed: run_flight re-checks cancelled() after the dispatch wait): failed for (order 0, k 0),
+// (order 1, k 0) and (order 1, k 1). The stop reaches run_flight while it awaits `dispatch || deadline` after
+// pump() has already set f->dispatched; run_flight then calls generate() without checking cancelled(), and
+// the cancellation, emitted before `deadline_watch || generate` started, never reaches them: the backend
+// generates for nobody until it finishes or requestTimeoutMs passes, holding the slot.
+TEST(RuntimeCancel, LeavingAroundDispatchNeverLeavesAnOrphanCall) {
   for (int order = 0; order < 2; ++order) {
     for (int k = 0; k < 40; ++k) {
       SCOPED_TRACE("order " + std::to_string(order) + ", k " + std::to_string(k));
@@ -108,14 +108,14 @@ TEST(RuntimeCancel, DISABLED_LeavingAroundDispatchNeverLeavesAnOrphanCall) {
 
 // ---- 6. backend failures ---------------------------------------------------------------------------------
 
-// BUG (src/ray/runtime/runtime.cpp, fly() and run_flight()): Asio 1.81's `a || b` waits with
-// wait_for_one_success — an operand that throws cancels nothing and its exception is dropped when the other
-// operand later succeeds. A generate() that throws synchronously escapes run_flight, and fly()'s
+// Finding (fixed: guarded_run / guarded_generate turn exceptions into values): Asio 1.81's `a || b` waits
+// with wait_for_one_success — an operand that throws cancels nothing and its exception is dropped when the
+// other operand later succeeds. A generate() that throws synchronously escapes run_flight, and fly()'s
 // `stop.wait() || run_flight(f)` then waits for a stop that only the waiters' departure brings: the waiters
 // hang and the flight keeps its in-flight slot. One that throws inside its coroutine leaves
 // `deadline_watch || generate` waiting for the total deadline, then answers request_timeout. A correct
 // runtime answers both waiters without waiting on any timer, so the assertions run after settle().
-TEST(RuntimeFailure, DISABLED_ThrowingBackendAnswersEveryWaiterWithAnError) {
+TEST(RuntimeFailure, ThrowingBackendAnswersEveryWaiterWithAnError) {
   for (auto m : {mode::throw_now, mode::throw_inside}) {
     SCOPED_TRACE(m == mode::throw_now ? "throws from generate()" : "throws inside the coroutine");
     harness h;
@@ -167,14 +167,14 @@ TEST(RuntimeFailure, BackendErrorIsPassedThroughAndNotCached) {
 
 // ---- budgets shrinking under queued work -----------------------------------------------------------------
 
-// BUG (src/ray/runtime/runtime.cpp, refresh_limits()): a waiting flight evicted by set_limits() is answered
-// 413, but its run_flight keeps waiting on `dispatch || deadline` (finish() does not wake it) until
-// queueTimeoutMs, then counts a second rejection (request_timeout) and a queued cancellation for a request
-// already answered.
-TEST(RuntimeBudget, DISABLED_EvictedWaiterIsAnsweredOnceAndItsFlightEnds) {
+// Finding (fixed: refresh_limits wakes the evicted flight, which ends): a waiting flight evicted by
+// set_limits() is answered 413, but its run_flight keeps waiting on `dispatch || deadline` (finish() does not
+// wake it) until queueTimeoutMs, then counts a second rejection (request_timeout) and a queued cancellation
+// for a request already answered.
+TEST(RuntimeBudget, EvictedWaiterIsAnsweredOnceAndItsFlightEnds) {
   harness h([](auto& c) {
     c.scheduler.concurrency = 1;
-    c.scheduler.queue_timeout_ms = 50;  // bounds how long the bug keeps the test's context busy
+    c.scheduler.queue_timeout_ms = 50;  // bounded how long the bug kept the test's context busy
   });
   auto a = h.infer(infer_req("in flight"));
   auto b = h.infer(infer_req("queued, costs about 194 tokens"));
@@ -204,4 +204,5 @@ TEST(RuntimeBudget, DISABLED_EvictedWaiterIsAnsweredOnceAndItsFlightEnds) {
   EXPECT_EQ(h.counter("cancellations{phase=queued}"), 0u);
 }
 
-// BUG (minor, src/ray/runtime/runtime.cpp, infer()'s context_error): totalTokens is prompt_tokens + maxTokens
+// Finding (fixed: computed in 64 bits; minor, src/ray/runtime/runtime.cpp, infer()'s context_error):
+// totalTokens is prompt_tokens + maxTokens

@@ -368,7 +368,7 @@ TEST(RuntimeMetrics, CountRejectionShowsUnderItsReason) {
 }
 
 // in 32 bits, so a backend count near UINT32_MAX (count_prompt_tokens is backend input) wraps it.
-TEST(RuntimeContext, DISABLED_InferContextErrorTotalIsComputedIn64Bits) {
+TEST(RuntimeContext, InferContextErrorTotalIsComputedIn64Bits) {
   harness h;
   h.be.desc.context_per_request = 64;
   h.be.exact_prompt_tokens = UINT32_MAX - 10;

@@ -64,6 +64,7 @@ struct flight {
   bool dispatched{false};
   bool finished{false};
   bool abandoned{false};  // every waiter left
+  std::string failure;    // what run_flight threw (fly turns it into the outcome)
   phase ph{phase::queued};
   std::optional<result<infer_result>> outcome;
   // The prepared request.
@@ -93,6 +94,23 @@ asio::awaitable<std::tuple<boost::system::error_code>> deadline_watch(asio::stea
     if (!ec) co_return std::tuple<boost::system::error_code>{};
     if (cs.cancelled() != asio::cancellation_type::none) co_return std::tuple<boost::system::error_code>{ec};
   }
+}
+
+// backend.generate() with its exceptions turned into an error value. Inside `a || b` an exception is not a
+// completion that cancels the other side (Asio 1.81 waits for one *success*): a throwing backend would leave
+// the request waiting for its deadline. Thrown before the awaitable exists or inside it: the same error.
+asio::awaitable<result<backend::generation_result>> guarded_generate(backend::backend& be,
+                                                                     backend::generation_request const& req,
+                                                                     backend::token_sink* sink) {
+  std::string what;
+  try {
+    co_return co_await be.generate(req, sink);
+  } catch (std::exception const& e) {
+    what = e.what();
+  } catch (...) {
+    what = "unknown exception";
+  }
+  co_return ray::error{errc::provider_request_failed, "the backend call failed inside the gateway: " + what};
 }
 
 class flight_sink final : public backend::token_sink {
@@ -229,6 +247,7 @@ struct runtime::impl {
   // (outcome set, scheduler entries released) whatever happens inside, exceptions included.
   asio::awaitable<void> fly(std::shared_ptr<flight> f);
   asio::awaitable<void> run_flight(std::shared_ptr<flight> f);
+  asio::awaitable<void> guarded_run(std::shared_ptr<flight> f);  // run_flight, exceptions into f->failure
   asio::awaitable<bool> warm_up();
   asio::awaitable<result<infer_result>> join_or_start(prepared p);
   // A cache hit answered with the current request's view (its degradation, its prompt report).
@@ -275,6 +294,7 @@ void runtime::impl::refresh_limits() {
                    "the backend's budgets shrank and this request no longer fits them; lower maxTokens"};
     reject(err);
     finish(f, err);
+    f->dispatch.cancel();  // wakes its run_flight, which sees the outcome and ends
   }
 }
 
@@ -321,16 +341,28 @@ system::decision runtime::impl::pressure_decision() {
   return last_decision;
 }
 
-asio::awaitable<void> runtime::impl::fly(std::shared_ptr<flight> f) {
-  std::string failure;
+asio::awaitable<void> runtime::impl::guarded_run(std::shared_ptr<flight> f) {
   try {
-    // The stop wait goes first and never completes inline (see stop.hpp).
-    if (!f->stop.stop_requested()) co_await (f->stop.wait() || run_flight(f));
+    co_await run_flight(f);
   } catch (std::exception const& e) {
-    failure = e.what();
+    f->failure = e.what();
   } catch (...) {
-    failure = "unknown exception";
+    f->failure = "unknown exception";
   }
+}
+
+asio::awaitable<void> runtime::impl::fly(std::shared_ptr<flight> f) {
+  try {
+    // The stop wait goes first and never completes inline (see stop.hpp). run_flight runs guarded: inside
+    // `a || b` an exception does not end the other side (Asio 1.81 waits for one success), so a throw would
+    // leave the flight waiting for its stop.
+    if (!f->stop.stop_requested()) co_await (f->stop.wait() || guarded_run(f));
+  } catch (std::exception const& e) {
+    f->failure = e.what();
+  } catch (...) {
+    f->failure = "unknown exception";
+  }
+  auto const failure = f->failure;
   f->deadline = nullptr;  // pointed into run_flight's frame
   if (f->finished) co_return;
   // No outcome: every waiter left before it could start, or the flight threw. Release what it may hold.
@@ -382,6 +414,7 @@ asio::awaitable<void> runtime::impl::run_flight(std::shared_ptr<flight> f) {
       waiting.erase(f->id);
       sched.cancel(f->id);
       pump();
+      if (f->finished) co_return;  // answered while queued (evicted when the budgets shrank)
       if (cancelled()) {
         cancellations.with({"queued"}).inc();
         finish(f, ray::error{errc::provider_request_failed, "the client left while queued"});
@@ -395,6 +428,16 @@ asio::awaitable<void> runtime::impl::run_flight(std::shared_ptr<flight> f) {
       }
       co_return;
     }
+  }
+
+  // The last waiter may have left after pump() dispatched the flight but before this frame resumed: the stop
+  // was then emitted while nothing was pending, so no operation below would see it.
+  if (cancelled()) {
+    sched.cancel(f->id);
+    pump();
+    cancellations.with({"queued"}).inc();
+    finish(f, ray::error{errc::provider_request_failed, "the client left as it was dispatched"});
+    co_return;
   }
 
   auto const dispatched_at = clock.now();
@@ -414,7 +457,7 @@ asio::awaitable<void> runtime::impl::run_flight(std::shared_ptr<flight> f) {
   // The timer goes first: Asio 1.81's parallel_group loses the cancellation of an operation launched after
   // one that completed inline (a mock with no latency does), so the one that never completes inline starts
   // first.
-  auto out = co_await (deadline_watch(deadline) || be.generate(f->gen, &sink));
+  auto out = co_await (deadline_watch(deadline) || guarded_generate(be, f->gen, &sink));
   f->deadline = nullptr;
   if (cancelled()) {
     sched.cancel(f->id);
@@ -877,12 +920,12 @@ asio::awaitable<result<infer_result>> runtime::infer(infer_request req) {
                        " tokens; shorten the input or lower maxTokens"};
     err.details["promptTokens"] = prompt_tokens;
     err.details["maxTokens"] = mt;
-    err.details["totalTokens"] = prompt_tokens + mt;
+    err.details["totalTokens"] = std::uint64_t{prompt_tokens} + mt;
     err.details["contextWindow"] = context;
     return err;
   };
   if (prompt_tokens >= context) co_return fail(context_error(max_tokens));
-  if (prompt_tokens + max_tokens > context) {
+  if (std::uint64_t{prompt_tokens} + max_tokens > context) {
     if (!defaulted) co_return fail(context_error(max_tokens));
     max_tokens = context - prompt_tokens;
   }
