@@ -204,5 +204,21 @@ TEST(RuntimeBudget, EvictedWaiterIsAnsweredOnceAndItsFlightEnds) {
   EXPECT_EQ(h.counter("cancellations{phase=queued}"), 0u);
 }
 
-// Finding (fixed: computed in 64 bits; minor, src/ray/runtime/runtime.cpp, infer()'s context_error):
-// totalTokens is prompt_tokens + maxTokens
+// Finding (fixed: infer() and chat() turn anything their pipeline throws into an error value): an exception
+// before any flight exists (here the backend's tokenizer, asked because the prompt is near the context)
+// escaped the call; the router races these calls with `client_gone() || work`, where a throw does not end the
+// other side, so the request waited until its client left.
+TEST(RuntimeFailure, AThrowBeforeTheFlightIsAnErrorValueNotAnException) {
+  harness h;
+  h.be.desc.context_per_request = 64;
+  h.be.throw_counting = true;
+  auto o = h.infer(infer_req(std::string(200, 'n')));
+  ASSERT_TRUE(h.run_until([&] { return o->done; }));
+  EXPECT_FALSE(o->escaped) << "an exception escaped the runtime";
+  ASSERT_TRUE(o->r.has_value());
+  ASSERT_FALSE(o->ok());
+  EXPECT_EQ(o->error().code, errc::provider_request_failed);
+  EXPECT_NE(o->error().message.find("tokenizer exploded"), std::string::npos) << o->error().message;
+  EXPECT_TRUE(h.drained());
+  EXPECT_EQ(h.be.requests_total(), 0u);
+}

@@ -86,7 +86,9 @@ class test_backend final : public rb::backend {
   void stop() override {}
   std::uint64_t requests_total() const noexcept override { return requests_; }
 
+  bool throw_counting{false};  // count_prompt_tokens throws (an exception before any flight exists)
   asio::awaitable<std::optional<std::uint32_t>> count_prompt_tokens(std::string, std::string) override {
+    if (throw_counting) throw std::runtime_error("tokenizer exploded");
     co_return exact_prompt_tokens;
   }
 

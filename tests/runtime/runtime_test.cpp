@@ -367,7 +367,8 @@ TEST(RuntimeMetrics, CountRejectionShowsUnderItsReason) {
   EXPECT_EQ(h.counter("rejections{reason=body_too_large}"), 2u);
 }
 
-// in 32 bits, so a backend count near UINT32_MAX (count_prompt_tokens is backend input) wraps it.
+// Finding (fixed): infer()'s context error computed totalTokens = prompt_tokens + maxTokens in 32 bits, so a
+// backend count near UINT32_MAX (count_prompt_tokens is backend input) wrapped it.
 TEST(RuntimeContext, InferContextErrorTotalIsComputedIn64Bits) {
   harness h;
   h.be.desc.context_per_request = 64;

@@ -653,7 +653,45 @@ asio::awaitable<result<infer_result>> runtime::impl::join_or_start(prepared p) {
   co_return r;
 }
 
+namespace {
+// What a public entry point answers when its body threw: a value, never an exception (callers race these
+// calls with `||`, where a throw would not end the other side).
+ray::error internal_failure(telemetry::logger& log, std::exception_ptr ep) {
+  std::string what = "unknown exception";
+  try {
+    std::rethrow_exception(ep);
+  } catch (std::exception const& e) {
+    what = e.what();
+  } catch (...) {
+  }
+  log.error("request failed inside the gateway", {{"reason", what}});
+  return ray::error{errc::provider_request_failed, "the request failed inside the gateway: " + what};
+}
+}  // namespace
+
 asio::awaitable<result<infer_result>> runtime::chat(chat_request req, stream_listener* listener) {
+  std::exception_ptr failed;
+  try {
+    co_return co_await chat_body(std::move(req), listener);
+  } catch (...) {
+    failed = std::current_exception();
+  }
+  impl_->reject(ray::error{errc::provider_request_failed, ""});
+  co_return internal_failure(impl_->log, failed);
+}
+
+asio::awaitable<result<infer_result>> runtime::infer(infer_request req) {
+  std::exception_ptr failed;
+  try {
+    co_return co_await infer_body(std::move(req));
+  } catch (...) {
+    failed = std::current_exception();
+  }
+  impl_->reject(ray::error{errc::provider_request_failed, ""});
+  co_return internal_failure(impl_->log, failed);
+}
+
+asio::awaitable<result<infer_result>> runtime::chat_body(chat_request req, stream_listener* listener) {
   auto& im = *impl_;
   auto const arrived = im.clock.now();
   auto fail = [&im](ray::error err) -> result<infer_result> {
@@ -845,7 +883,7 @@ pressure_view runtime::pressure() {
   return v;
 }
 
-asio::awaitable<result<infer_result>> runtime::infer(infer_request req) {
+asio::awaitable<result<infer_result>> runtime::infer_body(infer_request req) {
   auto& im = *impl_;
   auto const arrived = im.clock.now();
   auto fail = [&im](ray::error err) -> result<infer_result> {

@@ -159,7 +159,7 @@ class runtime {
   runtime& operator=(runtime const&) = delete;
 
   // Runs one native inference. Errors are values (template, context, budget, queue, pressure, deadline,
-  // backend).
+  // backend) — never exceptions: whatever the pipeline throws is answered provider_request_failed.
   boost::asio::awaitable<result<infer_result>> infer(infer_request req);
   // Runs one OpenAI chat/completion (non-streaming). The applied max tokens is in
   // degradation.applied_max_tokens (clamped to the cap and to the context left, never an error); a prompt
@@ -179,6 +179,9 @@ class runtime {
   std::uint32_t context_window() const;
 
  private:
+  // The bodies of infer() and chat(); the public calls turn anything they throw into an error value.
+  boost::asio::awaitable<result<infer_result>> infer_body(infer_request req);
+  boost::asio::awaitable<result<infer_result>> chat_body(chat_request req, stream_listener* listener);
   struct impl;
   std::unique_ptr<impl> impl_;
   config::config const& cfg_;
