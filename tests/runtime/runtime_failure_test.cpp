@@ -24,6 +24,33 @@ TEST(RuntimeCancel, LastWaiterLeavingCancelsTheBackendCall) {
   EXPECT_EQ(h.rt->cache_stats().entries, 0u);
 }
 
+// Found by the soak (Release, 48 clients): an identical request arriving just after the last waiter of a
+// flight left joined that flight while it was being stopped, and was answered 502 "the client left" — though
+// its own client was still there. A stopping flight is no longer joinable.
+TEST(RuntimeCancel, ARequestArrivingAsTheLastWaiterLeavesIsNotAnsweredWithTheirDeparture) {
+  // The newcomer arrives k handlers after the last waiter left, while the flight's stop is on its way.
+  for (int k = 0; k < 12; ++k) {
+    SCOPED_TRACE("k " + std::to_string(k));
+    harness h;
+    auto* sig = h.signal();
+    auto leaver = h.infer(infer_req("same question"), sig);
+    h.settle();
+    ASSERT_EQ(h.be.calls.size(), 1u);
+    sig->emit(asio::cancellation_type::terminal);
+    h.io.restart();
+    while (!leaver->done && h.io.run_one() > 0) {
+    }
+    ASSERT_TRUE(leaver->done);
+    for (int i = 0; i < k && h.io.poll_one() > 0; ++i) {
+    }
+    auto newcomer = h.infer(infer_req("same question"));
+    h.be.open();
+    ASSERT_TRUE(h.run_until([&] { return newcomer->done && h.drained(); }));
+    ASSERT_TRUE(newcomer->ok()) << newcomer->error().message;
+    EXPECT_FALSE(newcomer->value().deduplicated);
+  }
+}
+
 TEST(RuntimeCancel, OneOfTwoWaitersLeavingKeepsTheCallForTheOther) {
   harness h;
   auto* sig = h.signal();

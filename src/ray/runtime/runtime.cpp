@@ -594,7 +594,8 @@ asio::awaitable<result<infer_result>> runtime::impl::join_or_start(prepared p) {
   std::shared_ptr<flight> f;
   bool joined = false;
   if (!flight_key.empty()) {
-    if (auto it = joinable.find(flight_key); it != joinable.end() && !it->second->finished) {
+    if (auto it = joinable.find(flight_key);
+        it != joinable.end() && !it->second->finished && !it->second->abandoned) {
       f = it->second;
       joined = true;
       dedupe_joins.inc();
@@ -637,7 +638,11 @@ asio::awaitable<result<infer_result>> runtime::impl::join_or_start(prepared p) {
   if (!f->finished) {
     // This waiter left (its client went away). The last one out cancels the shared call.
     if (f->waiters == 0) {
+      // Nobody may join a flight that is being stopped (it would answer them "the client left"): an
+      // identical request from now on starts a flight of its own.
       f->abandoned = true;
+      if (auto it = joinable.find(f->key); !f->key.empty() && it != joinable.end() && it->second == f)
+        joinable.erase(it);
       f->stop.request_stop();
     }
     co_return ray::error{errc::provider_request_failed, "the client left"};
