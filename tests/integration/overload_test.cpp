@@ -218,6 +218,33 @@ TEST(Overload, ExtraForwardedForLinesCannotPushOutTheProxysOwn) {
   EXPECT_TRUE(is_error(*second, 429, "rate_limited")) << second->describe();
 }
 
+// Finding: any private peer counted as a trusted proxy. Only rateLimit.trustedProxies are believed: with the
+// loopback peer left out of the list, two clients behind it share one limit, and the log says once why.
+TEST(Overload, OnlyListedProxiesAreBelievedAndAnUnlistedForwarderIsLoggedOnce) {
+  auto cfg = with(test_config(),
+                  {{"rateLimit", boost::json::object{{"enabled", true},
+                                                     {"maxRequests", 1},
+                                                     {"windowMs", 60000},
+                                                     {"trustProxyHeaders", true},
+                                                     {"trustedProxies", boost::json::array{"10.9.8.7"}}}}});
+  ray_server s(cfg, no_host_pressure());
+  ASSERT_TRUE(s.wait_listening());
+  auto a =
+      roundtrip(s.port(), post_json("/v1/infer", R"({"input":"hi"})", "X-Forwarded-For: 198.51.100.1\r\n"));
+  auto b =
+      roundtrip(s.port(), post_json("/v1/infer", R"({"input":"hi"})", "X-Forwarded-For: 198.51.100.2\r\n"));
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->status, 200) << a->describe();
+  EXPECT_TRUE(is_error(*b, 429, "rate_limited")) << "the unlisted peer's X-Forwarded-For was believed";
+  ASSERT_TRUE(s.process().wait_for_log("not in rateLimit.trustedProxies", rt::in(kIo))) << s.output_tail();
+  auto const text = s.process().output();
+  std::size_t n = 0;
+  for (auto p = text.find("not in rateLimit.trustedProxies"); p != std::string::npos;
+       p = text.find("not in rateLimit.trustedProxies", p + 1))
+    ++n;
+  EXPECT_EQ(n, 1u) << text;
+}
+
 // Finding: a SIGHUP reload never re-ran the public-bind auth guard, so it could switch auth off on a public
 // address.
 TEST(Overload, AReloadCannotSwitchAuthOffOnAPublicBind) {

@@ -51,6 +51,8 @@ struct access_state {
   std::shared_ptr<access::key_set const> keys{};
   std::unique_ptr<access::rate_limiter> limiter{};
   access::proxy_list proxies{};  // rateLimit.trustedProxies
+  // Once per access state (so once per reload): X-Forwarded-For arrived from a peer that is not listed.
+  bool warned_untrusted_forwarder{false};
 };
 
 struct app {

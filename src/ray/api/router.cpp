@@ -145,8 +145,17 @@ std::optional<ray::error> router::check_headers(http::request_header const& head
     std::size_t const nx = std::min(seen, std::size(ring));
     for (std::size_t i = 0; i < nx; ++i)
       xff[i] = ring[(seen - nx + i) % std::size(ring)];
-    auto ip = access::client_ip(peer.address().to_string(), std::span<std::string_view const>(xff, nx),
+    auto const peer_ip = peer.address().to_string();
+    auto ip = access::client_ip(peer_ip, std::span<std::string_view const>(xff, nx),
                                 acc.rate.trust_proxy_headers, acc.proxies);
+    if (acc.rate.trust_proxy_headers && nx > 0 && ip == peer_ip && !acc.warned_untrusted_forwarder &&
+        !acc.proxies.contains(peer_ip)) {
+      // The TypeScript gateway believed any private peer; Ray only the listed ones. Say so once, so an
+      // operator behind a proxy on another address sees why every client shares the proxy's limit.
+      acc.warned_untrusted_forwarder = true;
+      app_.log.warn("X-Forwarded-For ignored: the peer is not in rateLimit.trustedProxies",
+                    {{"peer", peer_ip}, {"setting", "rateLimit.trustedProxies"}});
+    }
     auto d = acc.limiter->check(access::rate_limit_key(acc.rate.key_strategy, ip, who));
     extra.emplace_back("x-ratelimit-limit", std::to_string(d.limit));
     extra.emplace_back("x-ratelimit-remaining", std::to_string(d.remaining));
