@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <regex>
@@ -51,6 +52,13 @@ inline boost::json::object with(boost::json::object cfg, boost::json::object con
   return cfg;
 }
 
+// The `ray` the suites drive: this build's, or $RAY_TEST_BINARY (CI runs the soak against the Release binary
+// with the sanitizer-built test).
+inline std::string ray_binary() {
+  char const* v = std::getenv("RAY_TEST_BINARY");
+  return v != nullptr && *v != '\0' ? std::string(v) : std::string(RAY_BINARY);
+}
+
 // `ray serve --config <file> --port 0 [extra args]` in a private temp dir (also its working directory).
 class ray_server {
  public:
@@ -60,7 +68,7 @@ class ray_server {
     std::vector<std::string> args{"serve", "--config", path.string(), "--port", "0"};
     for (auto& a : extra_args)
       args.push_back(std::move(a));
-    proc_ = std::make_unique<rt::ray_process>(rt::spawn_options{.binary = RAY_BINARY,
+    proc_ = std::make_unique<rt::ray_process>(rt::spawn_options{.binary = ray_binary(),
                                                                 .args = std::move(args),
                                                                 .env = std::move(env),
                                                                 .working_directory = dir_.path()});

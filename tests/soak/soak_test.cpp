@@ -235,11 +235,13 @@ bool sanitizer_report(std::string const& text) {
 TEST(Soak, ManyTimesCapacityWithLeavingClientsAndADyingBackendLeavesRayHealthy) {
   int const seconds = std::max(5, env_int("RAY_SOAK_SECONDS", 60));
   int const clients = std::max(4, env_int("RAY_SOAK_CLIENTS", 48));
+  // The bound of the `ray` under test: an ASan build carries shadow memory and a quarantine.
 #ifdef RAY_SANITIZED
-  int const rss_bound = env_int("RAY_SOAK_RSS_MIB", 320);  // ASan shadow memory and quarantine included
+  bool const sanitized_ray = std::getenv("RAY_TEST_BINARY") == nullptr;
 #else
-  int const rss_bound = env_int("RAY_SOAK_RSS_MIB", 48);
+  bool const sanitized_ray = false;
 #endif
+  int const rss_bound = env_int("RAY_SOAK_RSS_MIB", sanitized_ray ? 192 : 16);
   // Capacity: 2 generations at once per ray (scheduler.concurrency), a queue of 8. `clients` threads that
   // send again as soon as they are answered offer clients/4 times the generation slots of the two.
   auto sched = boost::json::object{{"concurrency", 2}, {"maxQueue", 8}};
@@ -331,6 +333,7 @@ TEST(Soak, ManyTimesCapacityWithLeavingClientsAndADyingBackendLeavesRayHealthy) 
   }
   for (auto const& [k, n] : L.outcomes)
     summary << "  " << k << ": " << n << "\n";
+  summary << "  ray: " << ray_binary() << "\n";
   std::cout << summary.str() << std::flush;
 
   EXPECT_TRUE(restart_failure.empty()) << "the double did not come back on its port:\n" << restart_failure;
