@@ -135,7 +135,10 @@ response_stream::response_stream(std::unique_ptr<state> s) : s_(std::move(s)), s
 
 response_stream::~response_stream() {
   if (!s_) return;
-  bool reusable = !s_->broken && s_->parser.is_done() && s_->parser.keep_alive() && *s_->owner_alive;
+  // Bytes read past the end of the response (a backend that sent more than it framed) would be the start of
+  // the next response on this connection: such a connection is not reused.
+  bool reusable = !s_->broken && s_->parser.is_done() && s_->parser.keep_alive() && s_->buffer.size() == 0 &&
+                  *s_->owner_alive;
   if (reusable)
     s_->owner->release(std::move(s_->socket));
   else
@@ -253,10 +256,12 @@ asio::awaitable<result<tcp::socket>> client::acquire(bool& reused, steady::time_
   while (!idle_.empty()) {
     tcp::socket s = std::move(idle_.back());
     idle_.pop_back();
-    // A pooled connection the server has closed reads EOF at once: drop it.
+    // A pooled connection the server has closed reads EOF at once: drop it. One with unread bytes (nothing
+    // was asked on it since its last response) is out of step with its server: drop it too, or the next
+    // response would be read from those bytes.
     char byte;
     ssize_t r = ::recv(s.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+    if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
       boost::system::error_code ec;
       s.close(ec);
       continue;
