@@ -644,4 +644,33 @@ TEST_F(HttpLimits, ConnectionsBeyondMaxConnectionsGet503OverloadedAndClose) {
                                << last->describe();
 }
 
+// Review finding (http/server.cpp client_gone): a client that half-closes (shutdown(SHUT_WR)) after sending
+// its request was taken for gone and got no answer. It is answered — before the head through an interim 100
+// Continue that only a client that really left answers with a reset — and a client that closes for good still
+// cancels its request (Backend.AClientLeaving… tests).
+TEST(HalfClose, AClientThatHalfClosesAfterItsRequestIsAnswered) {
+  ray_server s(test_config({}, {{"latencyMs", 150}}), no_host_pressure());
+  ASSERT_TRUE(s.wait_listening());
+  struct one {
+    std::string target, body;
+  };
+  for (auto const& [target, body] :
+       {one{"/v1/infer", R"({"input":"half closed","cache":false})"},
+        one{"/v1/chat/completions", R"({"messages":[{"role":"user","content":"half closed"}]})"},
+        one{"/v1/chat/completions",
+            R"({"messages":[{"role":"user","content":"half closed"}],"stream":true})"}}) {
+    SCOPED_TRACE(target + " " + body);
+    auto c = s.connect();
+    ASSERT_TRUE(c.send(post_json(target, body)));
+    c.shutdown_write();
+    auto r = c.read_response(rt::in(kIo));
+    while (r && r->is_interim())
+      r = c.read_response(rt::in(kIo));
+    ASSERT_TRUE(r) << "no answer after a half-close: " << c.last_error() << "\n" << s.output_tail();
+    EXPECT_EQ(r->status, 200) << r->describe();
+    if (body.find("stream") != std::string::npos)
+      EXPECT_NE(r->body.find("data: [DONE]"), std::string::npos) << r->body;
+  }
+}
+
 }  // namespace

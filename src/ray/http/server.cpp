@@ -142,6 +142,7 @@ class connection {
   }
 
   asio::awaitable<void> client_gone();
+  asio::awaitable<void> client_closed_or_half_closed();
   asio::awaitable<bool> write_raw(std::array<asio::const_buffer, 3> buffers);
   asio::awaitable<bool> write_head(response& head);
   tcp::endpoint peer() const noexcept { return peer_; }
@@ -165,6 +166,9 @@ class connection {
   bool idle_{false};
   header_list extra_;  // headers the handler attached to this request's responses
   steady::time_point request_started_{};
+  // Per request: HTTP/1.1 or later (an interim 1xx may be sent), and whether a response head went out.
+  bool interim_ok_{false};
+  bool head_sent_{false};
 };
 
 struct server::impl {
@@ -239,6 +243,7 @@ asio::awaitable<bool> connection::write_raw(std::array<asio::const_buffer, 3> bu
 asio::awaitable<bool> connection::write_head(response& head) {
   beast::http::response_serializer<beast::http::string_body> sr{head};
   set_deadline(srv_.limits_.write_timeout_ms);
+  head_sent_ = true;
   auto [ec, n] = co_await beast::http::async_write_header(socket_, sr, use_tuple);
   (void)n;
   clear_deadline();
@@ -262,7 +267,10 @@ asio::awaitable<void> connection::client_gone() {
     if (ec || closed_) co_return;
     char byte;
     ssize_t r = ::recv(socket_.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (r == 0) co_return;
+    if (r == 0) {
+      co_await client_closed_or_half_closed();
+      co_return;
+    }
     if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) co_return;
     if (r > 0) {
       // A pipelined request is waiting: EOF cannot be seen behind it, so stop watching until cancelled.
@@ -271,6 +279,27 @@ asio::awaitable<void> connection::client_gone() {
       co_return;
     }
   }
+}
+
+// EOF from the client: it closed — or only half-closed (shutdown(SHUT_WR) after its request) and still reads.
+// TCP cannot tell the two apart until something is sent: a client that closed answers it with a reset, one
+// that half-closed reads it. So: before the response head, an interim `100 Continue` (every HTTP/1.1 client
+// skips 1xx responses) is the probe; after it, the stream's own next write is. Then this waits for the reset
+// (the socket's error event), and returns — "gone" — only when it comes. An HTTP/1.0 client cannot be sent a
+// 1xx: its EOF before the head means gone.
+asio::awaitable<void> connection::client_closed_or_half_closed() {
+  if (!head_sent_) {
+    if (!interim_ok_) co_return;
+    static constexpr std::string_view probe = "HTTP/1.1 100 Continue\r\n\r\n";
+    set_deadline(srv_.limits_.write_timeout_ms);
+    auto [wec, wn] = co_await asio::async_write(socket_, asio::buffer(probe.data(), probe.size()), use_tuple);
+    (void)wn;
+    clear_deadline();
+    if (wec) co_return;
+  }
+  // Completes on the reset (gone), or when the caller cancels it because the answer is ready.
+  auto [ec] = co_await socket_.async_wait(tcp::socket::wait_error, use_tuple);
+  (void)ec;
 }
 
 asio::awaitable<void> connection::run(std::shared_ptr<connection> self) {
@@ -493,6 +522,8 @@ asio::awaitable<void> connection::run(std::shared_ptr<connection> self) {
     // Split the target again on the (now stable) request object: `path` may point into the parser's header.
     std::string_view final_target = req.target();
     exchange ex(*this, req, std::move(request_id), n);
+    interim_ok_ = req.version() >= 11;
+    head_sent_ = false;
     if (path_and_query.data() != final_target.data()) {
       // absolute-form: keep the path/query views computed above (they point into the same header storage).
     }
