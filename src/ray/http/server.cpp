@@ -417,6 +417,28 @@ asio::awaitable<void> connection::run(std::shared_ptr<connection> self) {
       if (!co_await reject({errc::invalid_request, msg}, {})) break;
       continue;
     }
+    // Transfer-Encoding (RFC 9112 §6.1, §6.3): only `chunked` alone, on HTTP/1.1, without Content-Length.
+    // Anything else — a list not ending in chunked, a coding Ray does not decode, chunked twice, TE on
+    // HTTP/1.0, TE with Content-Length — is a 400 and the connection closes: a peer that framed the body
+    // another way would find a second request inside it (request smuggling).
+    if (req.find(field::transfer_encoding) != req.end()) {
+      std::string codings;
+      for (auto const& f : req)
+        if (f.name() == field::transfer_encoding)
+          codings.append(codings.empty() ? "" : ",").append(f.value());
+      std::string_view why;
+      if (req.version() < 11) {
+        why = "Transfer-Encoding is not allowed in an HTTP/1.0 request";
+      } else if (req.find(field::content_length) != req.end()) {
+        why = "send either Content-Length or Transfer-Encoding, not both";
+      } else if (!iequals(trim(codings), "chunked")) {
+        why = "Transfer-Encoding must be exactly `chunked` (no other codings are accepted)";
+      }
+      if (!why.empty()) {
+        co_await answer_error({errc::invalid_request, std::string(why)}, &req.base(), {}, request_id);
+        break;
+      }
+    }
     std::string_view path_and_query = target;
     if (!target.empty() && target.front() != '/') {
       std::string_view rest;
