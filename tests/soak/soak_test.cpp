@@ -244,7 +244,8 @@ TEST(Soak, ManyTimesCapacityWithLeavingClientsAndADyingBackendLeavesRayHealthy) 
   int const rss_bound = env_int("RAY_SOAK_RSS_MIB", sanitized_ray ? 192 : 16);
   // Capacity: 2 generations at once per ray (scheduler.concurrency), a queue of 8. `clients` threads that
   // send again as soon as they are answered offer clients/4 times the generation slots of the two.
-  auto sched = boost::json::object{{"concurrency", 2}, {"maxQueue", 8}};
+  // requestTimeoutMs well above what queueing takes even on a starved CI box: a 504 is a breach here.
+  auto sched = boost::json::object{{"concurrency", 2}, {"maxQueue", 8}, {"requestTimeoutMs", 60000}};
   auto degrade = boost::json::object{{"queueDepthThreshold", 4}};
   // The ASan children keep a small quarantine so their RSS measures Ray, not the allocator's delay line.
   std::vector<std::pair<std::string, std::string>> env{
