@@ -34,7 +34,7 @@ TEST(RateLimiter, CountsDownRemainingAndReportsLimitAndWindowEnd) {
     EXPECT_EQ(d.remaining, 3 - i);
     EXPECT_EQ(d.reset_epoch_seconds, wall_start + 60);
     EXPECT_EQ(d.retry_after_ms, 0.0);
-    EXPECT_FALSE(d.table_full);
+    EXPECT_FALSE(d.evicted);
     clock.advance(1s);
   }
 }
@@ -47,7 +47,7 @@ TEST(RateLimiter, RefusesOverTheLimitWithTheTimeLeftInTheWindow) {
   clock.advance(15'500ms);
   auto d = limiter.check("k");
   EXPECT_FALSE(d.allowed);
-  EXPECT_FALSE(d.table_full);
+  EXPECT_FALSE(d.evicted);
   EXPECT_EQ(d.limit, 2u);
   EXPECT_EQ(d.remaining, 0u);
   EXPECT_EQ(d.reset_epoch_seconds, wall_start + 60);
@@ -107,28 +107,29 @@ TEST(RateLimiter, KeysHaveIndependentWindows) {
   EXPECT_EQ(b.reset_epoch_seconds, wall_start + 90);
 }
 
-TEST(RateLimiter, AFullTableRefusesNewKeysWhileKnownKeysKeepWorking) {
+// Issue 12 finding: a full table refused every new client (one IPv6 /64 could fill it and lock newcomers
+// out). A new key now takes the place of the entry whose window ends soonest; the others keep their counts.
+TEST(RateLimiter, AFullTableLetsANewKeyInByEvictingTheSoonestEndingEntry) {
   ray::manual_clock clock;
-  rate_limiter limiter(limits(60'000, 100, 3), clock);
+  rate_limiter limiter(limits(60'000, 2, 3), clock);
   limiter.check("a");
   clock.advance(10s);
   limiter.check("b");
+  limiter.check("b");  // b is at its limit
   limiter.check("c");
   clock.advance(5s);
 
   auto d = limiter.check("d");
-  EXPECT_FALSE(d.allowed);
-  EXPECT_TRUE(d.table_full);
-  EXPECT_EQ(d.limit, 100u);
-  EXPECT_EQ(d.remaining, 0u);
-  EXPECT_EQ(d.reset_epoch_seconds, wall_start + 60);  // "a"'s window is the first to end
-  EXPECT_DOUBLE_EQ(d.retry_after_ms, 45'000.0);
+  EXPECT_TRUE(d.allowed);
+  EXPECT_TRUE(d.evicted);
+  EXPECT_EQ(d.remaining, 1u);
   EXPECT_EQ(limiter.size(), 3u);
-
-  for (char const* known : {"a", "b", "c"})
-    EXPECT_TRUE(limiter.check(known).allowed) << known;
-  EXPECT_FALSE(limiter.check("e").allowed);
-  EXPECT_EQ(limiter.size(), 3u);
+  EXPECT_FALSE(limiter.check("b").allowed) << "b kept its count";
+  EXPECT_EQ(limiter.check("c").remaining, 0u) << "c kept its count";
+  auto a = limiter.check("a");  // a was the one evicted: it comes back new (and evicts b, the next to end)
+  EXPECT_TRUE(a.allowed);
+  EXPECT_TRUE(a.evicted);
+  EXPECT_EQ(a.remaining, 1u);
 }
 
 TEST(RateLimiter, ExpiredKeysAreEvictedSoNewKeysFitLater) {
@@ -136,16 +137,16 @@ TEST(RateLimiter, ExpiredKeysAreEvictedSoNewKeysFitLater) {
   rate_limiter limiter(limits(1'000, 5, 2), clock);
   limiter.check("a");
   limiter.check("b");
-  EXPECT_FALSE(limiter.check("c").allowed);
   clock.advance(1s);
-  auto c = limiter.check("c");
+  auto c = limiter.check("c");  // a and b expired: swept, not evicted
   EXPECT_TRUE(c.allowed);
+  EXPECT_FALSE(c.evicted);
   EXPECT_EQ(c.remaining, 4u);
   EXPECT_TRUE(limiter.check("d").allowed);
   EXPECT_EQ(limiter.size(), 2u);
-  // "a" was evicted: it comes back as a new key with a fresh window, and now the table is full again.
+  // Now the table is full of live windows: a new key evicts one.
   EXPECT_TRUE(limiter.check("c").allowed);
-  EXPECT_TRUE(limiter.check("a").table_full);
+  EXPECT_TRUE(limiter.check("a").evicted);
 }
 
 TEST(RateLimiter, AKeyRenewedBeforeTheSweepReachedItIsNotEvictedByItsOldWindowEnd) {
@@ -183,14 +184,14 @@ TEST(RateLimiter, IdleEntriesAreSweptWithoutNewKeysArriving) {
 TEST(RateLimiter, NeverHoldsMoreThanMaxKeysEntriesUnderChurn) {
   ray::manual_clock clock;
   rate_limiter limiter(limits(1'000, 3, 50), clock);
-  std::size_t refused_new = 0;
+  std::size_t evictions = 0;
   for (int i = 0; i < 20'000; ++i) {
     auto d = limiter.check("client-" + std::to_string(i % 997));
-    refused_new += d.table_full ? 1 : 0;
+    evictions += d.evicted ? 1 : 0;
     ASSERT_LE(limiter.size(), 50u);
     clock.advance(7ms);
   }
-  EXPECT_GT(refused_new, 0u);
+  EXPECT_GT(evictions, 0u);
 }
 
 TEST(RateLimiter, LongKeysAreTruncatedToTheBound) {
@@ -245,9 +246,10 @@ TEST(RateLimiter, SetLimitsWithAShorterWindowCutsRunningWindows) {
   limiter.set_limits(limits(5'000, 1, 2));
   EXPECT_EQ(limiter.check("a").reset_epoch_seconds, wall_start + 5);
   EXPECT_EQ(limiter.check("b").reset_epoch_seconds, wall_start + 7);
-  EXPECT_TRUE(limiter.check("c").table_full);
-  clock.advance(3s);  // a's cut window ended
-  EXPECT_TRUE(limiter.check("c").allowed);
+  clock.advance(3s);  // a's cut window ended: c takes its free slot without evicting b
+  auto c = limiter.check("c");
+  EXPECT_TRUE(c.allowed);
+  EXPECT_FALSE(c.evicted);
   EXPECT_TRUE(limiter.check("b").reset_epoch_seconds == wall_start + 7);
 }
 
@@ -261,9 +263,9 @@ TEST(RateLimiter, SetLimitsWithFewerKeysShrinksTheTableSoonestEndingFirst) {
   limiter.set_limits(limits(60'000, 2, 2));
   EXPECT_EQ(limiter.size(), 2u);
   EXPECT_EQ(limiter.max_keys(), 2u);
-  // c and d stayed with their counts; a is new again but the table is full.
+  // c and d stayed with their counts; a is new again and evicts c, whose window ends first.
   EXPECT_EQ(limiter.check("d").remaining, 0u);
-  EXPECT_TRUE(limiter.check("a").table_full);
+  EXPECT_TRUE(limiter.check("a").evicted);
 }
 
 TEST(RateLimiter, ATimeEarlierThanOneAlreadySeenCountsAsTheLatest) {
@@ -316,6 +318,21 @@ TEST(RateLimitKey, LengthIsBoundedWhateverTheIp) {
     EXPECT_LE(ray::access::rate_limit_key(s, huge, d).size(), 102u);
   EXPECT_LE(ray::access::rate_limit_key(rate_limit_key::ip_api_key, huge, d).size(),
             rate_limiter::max_client_key_bytes);
+}
+
+// Issue 12 finding: IPv6 clients were counted per address, so one /64 had 2^64 quotas.
+TEST(RateLimitKey, AnIpv6ClientCountsAsItsSlash64) {
+  using ray::access::rate_limit_address;
+  EXPECT_EQ(rate_limit_address("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::/64");
+  EXPECT_EQ(rate_limit_address("2001:db8:1:2::1"), rate_limit_address("2001:db8:1:2:ffff::9"));
+  EXPECT_NE(rate_limit_address("2001:db8:1:2::1"), rate_limit_address("2001:db8:1:3::1"));
+  EXPECT_EQ(rate_limit_address("203.0.113.9"), "203.0.113.9");
+  EXPECT_EQ(rate_limit_address("not an address"), "not an address");
+  auto const k1 =
+      ray::access::rate_limit_key(ray::config::rate_limit_key::ip, "2001:db8:1:2::1", std::nullopt);
+  auto const k2 =
+      ray::access::rate_limit_key(ray::config::rate_limit_key::ip, "2001:db8:1:2::2", std::nullopt);
+  EXPECT_EQ(k1, k2);
 }
 
 }  // namespace

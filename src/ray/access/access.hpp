@@ -135,11 +135,10 @@ struct decision {
   bool allowed{false};
   std::uint32_t limit{0};      // rateLimit.maxRequests
   std::uint32_t remaining{0};  // requests left in this window after this one
-  // Unix time (seconds, rounded up) at which this key's window ends — for a refused new key, the soonest end
-  // of any window in the full table (when a slot frees up).
+  // Unix time (seconds, rounded up) at which this key's window ends.
   std::int64_t reset_epoch_seconds{0};
   double retry_after_ms{0};  // refused: time until reset (> 0, unrounded); allowed: 0
-  bool table_full{false};    // refused because the key table holds maxKeys live keys and this key is new
+  bool evicted{false};       // this new key took the place of the entry whose window ends soonest
 };
 
 // 429 for a refused decision: errc::rate_limited with retry_after_ms set (api::error_response rounds it).
@@ -150,7 +149,8 @@ ray::error rate_limited(decision const& d);
 // limit are not counted.
 //
 // Memory: at most rateLimit.maxKeys entries (plus one list node each). When the table holds maxKeys live keys
-// a NEW key is refused (decision::table_full) until the soonest window ends, while known keys keep working.
+// a NEW key takes the place of the entry whose window ends soonest (the least quota forgotten): refusing new
+// keys instead would let one client with many addresses (an IPv6 /64 holds 2^64) lock every newcomer out.
 // Entries whose window ended are dropped a few per call and whenever the table is full, so every call is O(1)
 // amortised (entries are kept in window-end order, so the expired ones are always at the front).
 // Keys longer than max_client_key_bytes are truncated (rate_limit_key never makes one).
@@ -243,7 +243,12 @@ class proxy_list {
 std::string client_ip(std::string_view peer_address, std::span<std::string_view const> x_forwarded_for_values,
                       bool trust_proxy_headers, proxy_list const& trusted);
 
-// The rate-limiter key for a request (≤ 102 bytes; the ip is cut at 64 bytes, a normalised IP has ≤ 45):
+// The address a rate-limit key counts: an IPv4 address as given, an IPv6 one as its /64
+// ("2001:db8:1:2::/64"), anything that does not parse as given.
+std::string rate_limit_address(std::string_view ip);
+
+// The rate-limiter key for a request (≤ 102 bytes; the ip is cut at 64 bytes, a normalised IP has ≤ 45; an
+// IPv6 client counts as its /64, see rate_limit_address):
 // ip → the ip; api-key → the verified key's digest, or the ip when there is none (auth off); ip+api-key →
 // both (the ip alone without a digest). Distinct strategies/inputs give distinct keys (prefixed). Opaque and
 // secret-bearing: never log it.

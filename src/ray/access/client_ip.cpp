@@ -198,4 +198,13 @@ std::string client_ip(std::string_view peer_address, std::span<std::string_view 
   return format(leftmost_private ? *leftmost_private : *peer);
 }
 
+std::string rate_limit_address(std::string_view ip) {
+  auto a = parse(ip);
+  if (!a || a->v4) return std::string(ip);
+  // One subscriber gets a whole /64 (RFC 6177 assigns /48–/64): counting each address apart would give one
+  // client 2^64 quotas and let it fill the key table.
+  std::memset(a->bytes + 8, 0, 8);
+  return format(*a) + "/64";
+}
+
 }  // namespace ray::access

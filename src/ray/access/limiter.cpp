@@ -69,11 +69,8 @@ decision rate_limiter::check(std::string_view client_key, ray::clock::time_point
 
   if (entries_.size() >= max_keys_) sweep(now, 1);  // the soonest window may have ended: its slot is free
   if (entries_.size() >= max_keys_) {
-    ray::clock::time_point soonest = order_.front().end;
-    d.table_full = true;
-    d.reset_epoch_seconds = epoch_seconds(soonest);
-    d.retry_after_ms = ms_between(now, soonest);
-    return d;
+    erase_front();  // the live window that ends soonest gives way
+    d.evicted = true;
   }
   order_.push_back(entry{std::string(client_key), now, now + window_, 1});
   entries_.emplace(std::string_view(order_.back().key), std::prev(order_.end()));
@@ -102,11 +99,8 @@ void rate_limiter::set_limits(config::rate_limit_config const& cfg) {
 
 ray::error rate_limited(decision const& d) {
   auto seconds = static_cast<long long>(std::max(1.0, std::ceil(d.retry_after_ms / 1000.0)));
-  std::string msg =
-      d.table_full
-          ? "too many clients are rate limited right now; retry after " + std::to_string(seconds) + " s"
-          : "rate limit of " + std::to_string(d.limit) + " requests per window exceeded; retry after " +
-                std::to_string(seconds) + " s";
+  std::string msg = "rate limit of " + std::to_string(d.limit) +
+                    " requests per window exceeded; retry after " + std::to_string(seconds) + " s";
   ray::error e{errc::rate_limited, std::move(msg)};
   e.retry_after_ms = d.retry_after_ms;
   return e;
@@ -114,7 +108,8 @@ ray::error rate_limited(decision const& d) {
 
 std::string rate_limit_key(config::rate_limit_key strategy, std::string_view ip,
                            std::optional<key_digest> const& digest) {
-  ip = ip.substr(0, 64);
+  std::string const counted = rate_limit_address(ip.substr(0, 64));
+  ip = counted;
   std::string key;
   auto raw = [&] { return std::string_view(reinterpret_cast<char const*>(digest->bytes_.data()), 32); };
   if (strategy == config::rate_limit_key::ip || !digest) {
