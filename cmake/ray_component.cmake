@@ -12,6 +12,7 @@ function(ray_test name)
   cmake_parse_arguments(ARG "" "" "SOURCES;DEPS;LABELS" ${ARGN})
   add_executable(${name} ${ARG_SOURCES})
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gmock GTest::gtest_main)
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests)  # support/require.hpp
   target_compile_definitions(${name} PRIVATE
     RAY_TEST_FIXTURES="${PROJECT_SOURCE_DIR}/tests/fixtures"
     RAY_BINARY="$<TARGET_FILE:ray>"

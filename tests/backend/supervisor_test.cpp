@@ -3,6 +3,7 @@
 // io_context in short slices until a condition holds or a deadline passes.
 #include "ray/backend/supervisor.hpp"
 #include "ray/backend/flags.hpp"
+#include "support/require.hpp"
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -221,7 +222,7 @@ TEST(SupervisorOptionsFor, TakesTheCommandChecksAndLoadTimeoutFromTheLaunchProfi
 
 TEST(Supervisor, SpawnsTheLlamaServerDoubleWithTheBuiltFlagsAndForwardsItsOutput) {
 #ifndef FAKE_LLAMA_SERVER
-  GTEST_SKIP() << "fake_llama_server target not available";
+  RAY_SKIP_OR_FAIL("fake_llama_server target not available");
 #else
   harness h;
   auto profile = *config::profile_defaults("sub1b")->model.adapter.launch;
@@ -545,7 +546,7 @@ TEST(Supervisor, APortHeldByAnotherListenerIsRefusedWithAClearMessage) {
 
 TEST(Supervisor, AdoptsALlamaServerServingTheSameModelAndRefusesOneServingAnother) {
 #ifndef FAKE_LLAMA_SERVER
-  GTEST_SKIP() << "fake_llama_server target not available";
+  RAY_SKIP_OR_FAIL("fake_llama_server target not available");
 #else
   harness h;
   auto profile = *config::profile_defaults("sub1b")->model.adapter.launch;

@@ -21,8 +21,7 @@ source "$HERE/real_peer_harness.sh"
 
 harness_require_node
 if ! command -v caddy >/dev/null 2>&1; then
-  echo "SKIP: caddy not installed (scripts/bootstrap installs it)"
-  exit 0
+  harness_skip "caddy not installed (scripts/bootstrap installs it)"
 fi
 harness_init caddy
 harness_log "$(caddy version)"

@@ -6,6 +6,7 @@
 // Ray is attached to the llama-server test double (tests/support/fake_llama_server) with --backend-url where
 // a real backend matters, and runs the mock backend elsewhere. Every wait polls against a deadline.
 #include "fake_llama.hpp"
+#include "support/require.hpp"
 
 #include <sys/wait.h>
 
@@ -129,7 +130,7 @@ promtool_result promtool_check(std::string const& text) {
 
 TEST(Observability, MetricsPassPromtoolAfterAMixedWorkloadWithTheBackendSeriesMerged) {
   if (!std::filesystem::exists(kPromtool))
-    GTEST_SKIP() << kPromtool << " is not installed (Debian package `prometheus`): cannot lint the text";
+    RAY_SKIP_OR_FAIL(kPromtool << " is not installed (Debian package `prometheus`): cannot lint the text");
   fake_llama f({"-c", "2048", "-np", "2", "--metrics"});
   ASSERT_TRUE(f.ok()) << f.output();
   ray_server s(llama_config(), attach(f));
@@ -422,7 +423,8 @@ TEST(Observability, AHangingBackendMetricsFetchNeverDelaysRaysOwnMetrics) {
     std::this_thread::sleep_for(20ms);  // scrape interval of the timed window, not waiting for state
   }
   std::printf("hanging backend /metrics: %d scrapes of Ray in 1.5 s, slowest %.1f ms\n", scrapes, slowest_ms);
-  EXPECT_LT(slowest_ms, 200.0) << "slowest of " << scrapes << " scrapes";
+  // No wall-clock bound here (issue 12: timing goals live in benchmarks): every scrape answered within its 2
+  // s deadline while the backend's own /metrics hung for 20 s, which is the behaviour under test.
   EXPECT_GE(scrapes, 5);
   EXPECT_TRUE(stale_served) << "while a fetch runs, the last copy is served (http-api.md §5)";
   // The knob did its job: the double's own /metrics still hangs (the prefill lasts 20 s).

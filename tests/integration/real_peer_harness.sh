@@ -55,11 +55,21 @@ harness_init() {
   trap 'exit 130' INT TERM
 }
 
-# harness_require_node: prints `SKIP: node not installed` and exits 0 when node or npm is absent.
+# harness_skip WHY: prints `SKIP: WHY` and exits 0 — or, with RAY_REQUIRE_TOOLS=1 (CI), fails: a suite must not
+# pass by not running.
+harness_skip() {
+  if [[ "${RAY_REQUIRE_TOOLS:-}" == 1 ]]; then
+    echo "FAIL: $1 (RAY_REQUIRE_TOOLS=1: a missing tool is a failure)"
+    exit 1
+  fi
+  echo "SKIP: $1"
+  exit 0
+}
+
+# harness_require_node: skips (see harness_skip) when node or npm is absent.
 harness_require_node() {
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-    echo "SKIP: node not installed"
-    exit 0
+    harness_skip "node not installed"
   fi
 }
 

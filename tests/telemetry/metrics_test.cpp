@@ -1,4 +1,5 @@
 #include "ray/telemetry/telemetry.hpp"
+#include "support/require.hpp"
 
 #include <boost/json/parse.hpp>
 
@@ -326,7 +327,7 @@ TEST(Metrics, IncrementsFromManyThreadsAreAllCountedWhileRendering) {
 
 TEST(Metrics, RenderedRegistryPassesPromtoolCheckMetrics) {
   if (std::system("command -v promtool >/dev/null 2>&1") != 0) {
-    GTEST_SKIP() << "promtool not on PATH (Debian package prometheus)";
+    RAY_SKIP_OR_FAIL("promtool not on PATH (Debian package prometheus)");
   }
   tele::registry r;  // with the standard series
   fill_small_registry(r);

@@ -1,4 +1,5 @@
 #include "ray/telemetry/telemetry.hpp"
+#include "support/require.hpp"
 
 #include <gtest/gtest.h>
 
@@ -430,7 +431,7 @@ TEST(Reexport, ACutFamilyKeepsTheSamplesThatFitButAHistogramIsNeverCut) {
 
 TEST(Reexport, RayStyleOutputWithTheReexportPassesPromtool) {
   if (!have_promtool()) {
-    GTEST_SKIP() << "/usr/bin/promtool not found (Debian package prometheus)";
+    RAY_SKIP_OR_FAIL("/usr/bin/promtool not found (Debian package prometheus)");
   }
   for (std::string fixture : {"metrics.http", "metrics-busy.http"}) {
     SCOPED_TRACE(fixture);
@@ -453,14 +454,14 @@ TEST(Reexport, RayStyleOutputWithTheReexportPassesPromtool) {
 
 TEST(Reexport, SourceFixtureFailsPromtoolSoTheRenamingIsNeeded) {
   if (!have_promtool()) {
-    GTEST_SKIP() << "/usr/bin/promtool not found (Debian package prometheus)";
+    RAY_SKIP_OR_FAIL("/usr/bin/promtool not found (Debian package prometheus)");
   }
   EXPECT_NE(promtool_check_metrics(fixture_body("metrics.http"), /*quiet=*/true), 0);
 }
 
 TEST(Reexport, EveryKindOfFamilyPassesPromtool) {
   if (!have_promtool()) {
-    GTEST_SKIP() << "/usr/bin/promtool not found (Debian package prometheus)";
+    RAY_SKIP_OR_FAIL("/usr/bin/promtool not found (Debian package prometheus)");
   }
   std::string text = tele::reexport_llamacpp(
       "# TYPE llamacpp:evictions counter\n"
