@@ -72,4 +72,16 @@ TEST(SseParser, AnEventOverTheBoundIsAnError) {
   EXPECT_FALSE(p.feed("data: " + std::string(64, 'x')));
 }
 
+// Found by tests/fuzz/backend_fuzz: a whole event over the bound that arrived inside one read (its blank line
+// included) was delivered and the feed reported success; the bound was only checked on what was left over.
+TEST(SseParser, AWholeEventOverTheBoundInOneReadIsNeverDelivered) {
+  ray::http::sse_parser p(16);
+  EXPECT_FALSE(p.feed("data: " + std::string(40, 'x') + "\n\ndata: ok\n\n"));
+  EXPECT_FALSE(p.next().has_value());
+  EXPECT_FALSE(p.feed("data: more\n\n")) << "the stream stays failed";
+  ray::http::sse_parser lines(16);  // the bound counts the joined data lines of one event
+  EXPECT_FALSE(lines.feed("data: 12345678\ndata: 12345678\n\n"));
+  EXPECT_FALSE(lines.next().has_value());
+}
+
 }  // namespace

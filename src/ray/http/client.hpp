@@ -54,6 +54,7 @@ class sse_parser {
   std::size_t ready_pos_{0};
   std::size_t comments_{0};
   bool skip_lf_{false};
+  bool over_{false};  // an event outgrew max_event_bytes: the stream is done
 };
 
 struct client_options {
