@@ -241,6 +241,23 @@ TEST(Loader, AFlagValueIsValidatedAndNamesTheFlag) {
   EXPECT_EQ(r.error().message, "server.port: 70000 is above the maximum 65535 (set by --port)");
 }
 
+// Found by tests/fuzz/config_fuzz: a flag value that is not UTF-8 loaded, and the effective config it made
+// was not valid JSON (`ray config show`, /v1/config could not be parsed). It is refused, naming the key.
+TEST(Loader, AValueThatIsNotUtf8IsRefusedNamingTheKey) {
+  rc::flag_overrides flags;
+  flags.model_path = "/models/small.gguf";
+  flags.llama_server =
+      "/usr/bin/llama-ser\xc8"
+      "er";
+  auto r = rc::load("", {}, flags);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.error().message.find("is not valid UTF-8"), std::string::npos) << r.error().message;
+  EXPECT_EQ(r.error().param, "model.adapter.launchProfile.binaryPath");
+  flags.llama_server = "/usr/bin/llama-s\xc3\xa9rver";  // é: UTF-8 is fine
+  auto ok = rc::load("", {}, flags);
+  EXPECT_TRUE(ok.has_value()) << ok.error().message;
+}
+
 // --- environment ---
 
 TEST(Loader, BooleanEnvironmentValuesAcceptTheUsualWords) {

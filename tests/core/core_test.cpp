@@ -81,4 +81,16 @@ TEST(Core, ToCountRefusesWhatIsNotACount) {
   EXPECT_EQ(ray::to_count(64.0, 64), std::optional<std::uint32_t>(64));
 }
 
+TEST(Core, Utf8IsValidatedStrictly) {
+  EXPECT_TRUE(ray::is_valid_utf8(""));
+  EXPECT_TRUE(ray::is_valid_utf8("plain ascii"));
+  EXPECT_TRUE(ray::is_valid_utf8("\xc3\xa9t\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"));
+  EXPECT_FALSE(ray::is_valid_utf8("\xc8"));              // truncated
+  EXPECT_FALSE(ray::is_valid_utf8("\xc0\xaf"));          // overlong '/'
+  EXPECT_FALSE(ray::is_valid_utf8("\xed\xa0\x80"));      // a surrogate
+  EXPECT_FALSE(ray::is_valid_utf8("\xf4\x90\x80\x80"));  // above U+10FFFF
+  EXPECT_FALSE(ray::is_valid_utf8("\xff"));
+  EXPECT_FALSE(ray::is_valid_utf8("ab\x80"));  // a lone continuation byte
+}
+
 }  // namespace

@@ -512,6 +512,18 @@ result<loaded_config> load_document(document const& doc, env_map const& env, fla
   std::vector<std::pair<std::string, json::value const*>> leaves;
   detail::flatten(j, "", leaves);
   for (auto const& [path, v] : leaves) {
+    // The effective config is shown as JSON (`ray config show`, /v1/config): a value that is not UTF-8 (a
+    // path given by flag or environment) could not be, so it is refused here, naming the key.
+    bool utf8 = !v->is_string() || is_valid_utf8(v->get_string());
+    if (v->is_array())
+      for (auto const& e : v->get_array())
+        utf8 = utf8 && (!e.is_string() || is_valid_utf8(e.get_string()));
+    if (!utf8) {
+      ray::error err{errc::invalid_request,
+                     path + ": is not valid UTF-8 (configuration values are shown as JSON)"};
+      err.param = path;
+      return err;
+    }
     auto s = detail::find_source(sources, path);
     out.sources[path] = s.empty() ? "profile:" + cfg.profile : s;
   }

@@ -158,6 +158,41 @@ std::size_t estimate_tokens(std::string_view s) noexcept {
   return by_bytes > non_ascii ? by_bytes : non_ascii;
 }
 
+bool is_valid_utf8(std::string_view s) noexcept {
+  auto const* p = reinterpret_cast<unsigned char const*>(s.data());
+  auto const* end = p + s.size();
+  while (p < end) {
+    unsigned c = *p;
+    if (c < 0x80) {
+      ++p;
+      continue;
+    }
+    int n = 0;
+    unsigned cp = 0;
+    if ((c & 0xe0) == 0xc0) {
+      n = 1;
+      cp = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+      n = 2;
+      cp = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+      n = 3;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (end - p <= n) return false;
+    for (int i = 1; i <= n; ++i) {
+      if ((p[i] & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (p[i] & 0x3f);
+    }
+    static constexpr unsigned min_for[] = {0, 0x80, 0x800, 0x10000};
+    if (cp < min_for[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    p += n + 1;
+  }
+  return true;
+}
+
 std::size_t utf8_safe_prefix(std::string_view s, std::size_t max_bytes) noexcept {
   if (max_bytes >= s.size()) return s.size();
   std::size_t n = max_bytes;

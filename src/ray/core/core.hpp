@@ -118,6 +118,8 @@ std::size_t count_code_points(std::string_view utf8) noexcept;
 std::size_t estimate_tokens(std::string_view utf8) noexcept;
 // Largest prefix length <= max_bytes that does not split a UTF-8 code point.
 std::size_t utf8_safe_prefix(std::string_view utf8, std::size_t max_bytes) noexcept;
+// Whether `s` is well-formed UTF-8 (no overlong forms, surrogates or code points above U+10FFFF).
+bool is_valid_utf8(std::string_view s) noexcept;
 
 // SHA-256 of `data`. OpenSSL's low-level implementation (libcrypto linked statically): no provider machinery
 // loaded, so hashing costs Ray a few KB instead of MBs of resident libcrypto.
