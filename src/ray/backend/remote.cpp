@@ -1,5 +1,6 @@
 // llama-server and OpenAI-compatible backends: one adapter, two dialects (health endpoint, /props, extras).
 #include "ray/backend/backend.hpp"
+#include "ray/backend/parse.hpp"
 #include "ray/http/client.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -7,13 +8,13 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 #include <boost/url/parse.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <map>
 #include <unordered_map>
 
 namespace ray::backend {
@@ -42,46 +43,6 @@ base_url parse_base(std::string const& url) {
   while (!out.prefix.empty() && out.prefix.back() == '/')
     out.prefix.pop_back();
   return out;
-}
-
-std::string excerpt(std::string_view body, std::size_t n = 240) {
-  std::string s(body.substr(0, utf8_safe_prefix(body, n)));
-  for (char& c : s)
-    if (c == '\n' || c == '\r') c = ' ';
-  return s;
-}
-
-json::value const* find_path(json::value const& v, std::initializer_list<std::string_view> path) {
-  json::value const* cur = &v;
-  for (auto key : path) {
-    if (!cur->is_object()) return nullptr;
-    auto it = cur->get_object().find(key);
-    if (it == cur->get_object().end()) return nullptr;
-    cur = &it->value();
-  }
-  return cur;
-}
-
-std::optional<double> number_at(json::value const& v, std::initializer_list<std::string_view> path) {
-  auto p = find_path(v, path);
-  if (!p) return std::nullopt;
-  if (p->is_double()) return p->get_double();
-  if (p->is_int64()) return static_cast<double>(p->get_int64());
-  if (p->is_uint64()) return static_cast<double>(p->get_uint64());
-  return std::nullopt;
-}
-
-// A non-negative count at `path`, at most `max`; nullopt when absent or out of range (hostile backends).
-std::optional<std::uint32_t> count_at(json::value const& v, std::initializer_list<std::string_view> path,
-                                      std::uint32_t max = UINT32_MAX) {
-  auto d = number_at(v, path);
-  if (!d) return std::nullopt;
-  return to_count(*d, max);
-}
-
-std::string string_at(json::value const& v, std::initializer_list<std::string_view> path) {
-  auto p = find_path(v, path);
-  return p && p->is_string() ? std::string(p->get_string()) : std::string();
 }
 
 class remote_backend final : public backend {
@@ -289,7 +250,7 @@ class remote_backend final : public backend {
   bool warmup_failed_{false};
   bool props_unauthorized_{false};
   std::uint64_t repeats_{0};
-  std::unordered_map<std::uint64_t, std::uint32_t> token_counts_{};  // by hash of (system, prompt); bounded
+  std::map<ray::sha256_digest, std::uint32_t> token_counts_{};  // by SHA-256 of (system, prompt); bounded
   steady::time_point last_summary_{};
   std::string state_since_iso_{};
   std::uint32_t warmup_backoff_ms_{0};
@@ -310,15 +271,13 @@ asio::awaitable<bool> remote_backend::read_props() {
   }
   props_unauthorized_ = false;
   if (!r || r->status != 200) co_return false;
-  boost::system::error_code ec;
-  auto v = json::parse(r->body, ec);
-  if (ec) co_return false;
-  // Bounded: a hostile /props must not size Ray's slot table or overflow the KV pool (2^9 slots x 2^22
-  // tokens fits 32 bits).
-  auto n_ctx = count_at(v, {"default_generation_settings", "n_ctx"}, 1u << 22);
-  auto slots = count_at(v, {"total_slots"}, 1u << 9);
-  std::string build = string_at(v, {"build_info"});
-  std::string model_path = string_at(v, {"model_path"});
+  auto props = parse_props(r->body);
+  if (!props) co_return false;
+  // Bounded (parse_props): a hostile /props must not size Ray's slot table or overflow the KV pool.
+  auto const& n_ctx = props->n_ctx;
+  auto const& slots = props->total_slots;
+  std::string build = props->build;
+  std::string model_path = props->model_path;
   std::string identity = build + "|" + model_path;
   bool restarted = (!identity_.empty() && identity != identity_) || (ever_ready_ && last_refused_);
   if (restarted) {
@@ -458,19 +417,7 @@ asio::awaitable<void> remote_backend::slots_loop() {
                                      std::chrono::milliseconds(cfg_.model.adapter.slot_snapshot_timeout_ms)};
       auto r = co_await slots_client_.send(req);
       if (r && r->status == 200) {
-        boost::system::error_code ec;
-        auto v = json::parse(r->body, ec);
-        if (!ec && v.is_array()) {
-          std::vector<bool> ext(busy_.size(), false);
-          for (auto const& slot : v.get_array()) {
-            auto id = count_at(slot, {"id"});
-            auto proc = find_path(slot, {"is_processing"});
-            if (!id || !proc || !proc->is_bool()) continue;
-            std::size_t const i = *id;
-            if (i < ext.size() && proc->get_bool() && !busy_[i]) ext[i] = true;
-          }
-          external_busy_ = std::move(ext);
-        }
+        if (auto ext = parse_slots(r->body, busy_)) external_busy_ = std::move(*ext);
       }
     }
     timer.expires_after(period);
@@ -508,12 +455,12 @@ asio::awaitable<void> remote_backend::metrics_loop() {
 asio::awaitable<std::optional<std::uint32_t>> remote_backend::count_prompt_tokens(std::string system,
                                                                                   std::string prompt) {
   if (!llama_ || !is_serving(state_)) co_return std::nullopt;
-  std::uint64_t h = 0xcbf29ce484222325ULL;
-  for (auto const* part : {&system, &prompt}) {
-    for (unsigned char c : *part)
-      h = (h ^ c) * 0x100000001b3ULL;
-    h = (h ^ 0xff) * 0x100000001b3ULL;
-  }
+  // Keyed by SHA-256 of (system length, system, prompt): a client cannot craft a prompt that collides with
+  // another and is answered with its count (a 64-bit FNV could be forced to).
+  std::string keyed = std::to_string(system.size());
+  keyed.push_back('\0');
+  keyed.append(system).append(prompt);
+  auto const h = ray::sha256(keyed);
   if (auto it = token_counts_.find(h); it != token_counts_.end()) co_return it->second;
   auto const timeout = std::chrono::milliseconds(cfg_.model.adapter.health_timeout_ms);
   json::array messages;
@@ -524,32 +471,26 @@ asio::awaitable<std::optional<std::uint32_t>> remote_backend::count_prompt_token
                                    request_headers(), timeout};
   auto applied = co_await client_.send(templ);
   if (!applied || applied->status != 200) co_return std::nullopt;
-  boost::system::error_code ec;
-  auto tv = json::parse(applied->body, ec);
-  if (ec) co_return std::nullopt;
-  auto text = string_at(tv, {"prompt"});
-  if (text.empty()) co_return std::nullopt;
+  auto text = parse_applied_template(applied->body);
+  if (!text) co_return std::nullopt;
   http::client_request const tok{http::verb::post, path("/tokenize"),
-                                 json::serialize(json::object{{"content", text}, {"add_special", true}}),
+                                 json::serialize(json::object{{"content", *text}, {"add_special", true}}),
                                  request_headers(), timeout};
   auto counted = co_await client_.send(tok);
   if (!counted || counted->status != 200) co_return std::nullopt;
-  auto cv = json::parse(counted->body, ec);
-  if (ec) co_return std::nullopt;
-  auto tokens = find_path(cv, {"tokens"});
-  if (!tokens || !tokens->is_array()) co_return std::nullopt;
-  auto n = static_cast<std::uint32_t>(tokens->get_array().size());
+  auto counted_tokens = parse_token_count(counted->body);
+  if (!counted_tokens) co_return std::nullopt;
+  auto n = *counted_tokens;
   if (token_counts_.size() >= 1024) token_counts_.clear();
   token_counts_[h] = n;
   co_return n;
 }
 
 ray::error remote_backend::map_status(unsigned status, std::string const& body) {
-  boost::system::error_code ec;
-  auto v = json::parse(body, ec);
-  if (!ec && status == 400 && string_at(v, {"error", "type"}) == "exceed_context_size_error") {
-    double const n_prompt = count_at(v, {"error", "n_prompt_tokens"}).value_or(0);
-    double const n_ctx = count_at(v, {"error", "n_ctx"}).value_or(desc_.context_per_request);
+  auto exceeded = status == 400 ? parse_context_exceeded(body) : std::nullopt;
+  if (exceeded) {
+    double const n_prompt = exceeded->n_prompt_tokens.value_or(0);
+    double const n_ctx = exceeded->n_ctx.value_or(desc_.context_per_request);
     ray::error err{errc::request_context_window_exceeded,
                    "the prompt (" + std::to_string(std::lround(n_prompt)) +
                        " tokens by the backend's tokenizer) exceeds the context window of " +
@@ -659,69 +600,32 @@ asio::awaitable<result<generation_result>> remote_backend::generate(generation_r
       done = true;
       break;
     }
-    boost::system::error_code ec;
-    auto v = json::parse(data, ec);
-    if (ec || !v.is_object())
-      co_return ray::error{errc::provider_invalid_response, "the backend sent an event that is not JSON"};
-    if (auto e = find_path(v, {"error"})) {
-      co_return ray::error{errc::provider_upstream_error,
-                           "the backend failed mid-stream: " + excerpt(json::serialize(*e))};
-    }
-    if (auto choices = find_path(v, {"choices"});
-        choices && choices->is_array() && !choices->get_array().empty()) {
-      auto const& c0 = choices->get_array()[0];
-      auto content = find_path(c0, {"delta", "content"});
-      if (!content) content = find_path(c0, {"text"});  // /v1/completions chunks
-      if (content && content->is_string()) {
-        std::string_view piece = content->get_string();
-        if (!piece.empty()) {
-          if (!saw_first) {
-            out.ttft_ms = std::chrono::duration<double, std::milli>(steady::now() - started).count();
-            saw_first = true;
-          }
-          out.text.append(piece.data(), piece.size());
-          if (sink) sink->on_delta(std::string_view(piece.data(), piece.size()));
-        }
+    auto chunk = parse_stream_chunk(data);
+    if (!chunk) co_return chunk.error();
+    auto const& c = *chunk;
+    if (!c.content.empty()) {
+      if (!saw_first) {
+        out.ttft_ms = std::chrono::duration<double, std::milli>(steady::now() - started).count();
+        saw_first = true;
       }
-      if (auto tc = find_path(c0, {"delta", "tool_calls"}); tc && tc->is_array()) {
-        // Assemble by index: id/type/name arrive once, `arguments` in pieces.
-        for (auto const& piece : tc->get_array()) {
-          auto index = number_at(piece, {"index"});
-          auto bounded = index ? to_count(*index, 64) : std::optional<std::uint32_t>(0);
-          if (!bounded) continue;  // negative, NaN or beyond 64 parallel calls: not a call we keep
-          std::size_t const i = *bounded;
-          while (out.tool_calls.size() <= i)
-            out.tool_calls.push_back(
-                json::object{{"id", ""},
-                             {"type", "function"},
-                             {"function", json::object{{"name", ""}, {"arguments", ""}}}});
-          auto& call = out.tool_calls[i].as_object();
-          if (auto id = find_path(piece, {"id"}); id && id->is_string()) call["id"] = id->get_string();
-          if (auto ty = find_path(piece, {"type"}); ty && ty->is_string()) call["type"] = ty->get_string();
-          auto& fn = call["function"].as_object();
-          if (auto n = find_path(piece, {"function", "name"}); n && n->is_string())
-            fn["name"] = n->get_string();
-          if (auto a = find_path(piece, {"function", "arguments"}); a && a->is_string()) {
-            std::string args(fn["arguments"].as_string());
-            args.append(a->get_string());
-            fn["arguments"] = args;
-          }
-        }
-        if (sink) sink->on_tool_calls(*tc);
-      }
-      if (auto fr = find_path(c0, {"finish_reason"}); fr && fr->is_string())
-        finish = std::string(fr->get_string());
+      out.text.append(c.content);
+      if (sink) sink->on_delta(c.content);
     }
-    if (auto u = find_path(v, {"usage"}); u && u->is_object()) {
-      if (auto p = count_at(*u, {"prompt_tokens"})) out.prompt_tokens = *p;
-      if (auto c = count_at(*u, {"completion_tokens"})) out.completion_tokens = *c;
-      if (auto cached = count_at(*u, {"prompt_tokens_details", "cached_tokens"})) out.tokens_cached = *cached;
+    if (c.tool_calls.is_array()) {
+      merge_tool_call_deltas(out.tool_calls, c.tool_calls.get_array());
+      if (sink) sink->on_tool_calls(c.tool_calls);
     }
-    if (auto t = find_path(v, {"timings"}); t && t->is_object()) {
-      out.prompt_tokens_per_second = number_at(*t, {"prompt_per_second"}).value_or(0);
-      out.completion_tokens_per_second = number_at(*t, {"predicted_per_second"}).value_or(0);
-      if (auto n = count_at(*t, {"prompt_n"})) out.tokens_evaluated = *n;
-      if (auto n = count_at(*t, {"cache_n"})) out.tokens_cached = *n;
+    if (c.finish_reason) finish = *c.finish_reason;
+    if (c.has_usage) {
+      if (c.prompt_tokens) out.prompt_tokens = *c.prompt_tokens;
+      if (c.completion_tokens) out.completion_tokens = *c.completion_tokens;
+      if (c.cached_tokens) out.tokens_cached = *c.cached_tokens;
+    }
+    if (c.has_timings) {
+      out.prompt_tokens_per_second = c.prompt_per_second.value_or(0);
+      out.completion_tokens_per_second = c.predicted_per_second.value_or(0);
+      if (c.prompt_n) out.tokens_evaluated = *c.prompt_n;
+      if (c.cache_n) out.tokens_cached = *c.cache_n;
     }
   }
   if (!done && finish.empty())
