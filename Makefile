@@ -48,13 +48,15 @@ test-debug: debug
 soak: asan
 	@cd build/asan && $(SANITIZER_ENV) ctest --output-on-failure -L soak --timeout 900
 
-# Each libFuzzer target for FUZZ_S seconds from its committed corpus (a copy: new inputs stay out of the tree).
+# Each libFuzzer target for FUZZ_S seconds from its committed corpus (a copy: new inputs stay out of the tree),
+# with its dictionary tests/fuzz/<name>.dict when there is one.
 fuzz: asan
 	@set -e; for t in build/asan/tests/*_fuzz; do \
 	  name=$$(basename $$t _fuzz); work=build/asan/fuzz-$$name; rm -rf $$work; mkdir -p $$work; \
 	  cp -r tests/fuzz/corpus/$$name/. $$work/; \
+	  dict=; if [ -f tests/fuzz/$$name.dict ]; then dict=-dict=tests/fuzz/$$name.dict; fi; \
 	  echo "fuzz: $$name for $(FUZZ_S) s"; \
-	  if ! $(SANITIZER_ENV) $$t -max_total_time=$(FUZZ_S) -print_final_stats=1 -artifact_prefix=$$work-crash- $$work > $$work.log 2>&1; then \
+	  if ! $(SANITIZER_ENV) $$t -max_total_time=$(FUZZ_S) -print_final_stats=1 $$dict -artifact_prefix=$$work-crash- $$work > $$work.log 2>&1; then \
 	    tail -n 80 $$work.log; echo "fuzz: $$name FAILED (the input: $$work-crash-*)"; exit 1; \
 	  fi; \
 	  tail -n 6 $$work.log; \
