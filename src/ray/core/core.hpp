@@ -118,7 +118,10 @@ std::size_t count_code_points(std::string_view utf8) noexcept;
 std::size_t estimate_tokens(std::string_view utf8) noexcept;
 // Largest prefix length <= max_bytes that does not split a UTF-8 code point.
 std::size_t utf8_safe_prefix(std::string_view utf8, std::size_t max_bytes) noexcept;
-// Whether `s` is well-formed UTF-8 (no overlong forms, surrogates or code points above U+10FFFF).
+// Length (1–4) of the well-formed UTF-8 sequence starting at s[i]; 0 when none starts there (an overlong
+// form, a surrogate, a code point above U+10FFFF, a truncated or stray byte) or i is past the end.
+std::size_t utf8_sequence_at(std::string_view s, std::size_t i) noexcept;
+// Whether `s` is well-formed UTF-8 throughout.
 bool is_valid_utf8(std::string_view s) noexcept;
 
 // SHA-256 of `data`. OpenSSL's low-level implementation (libcrypto linked statically): no provider machinery
