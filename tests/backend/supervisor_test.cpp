@@ -702,20 +702,26 @@ TEST(Supervisor, TheChildGetsNeitherRaysSettingsNorItsDescriptors) {
   ::close(leak);
   auto o = h.script(
       "echo \"ray=${RAY_TEST_SECRET-unset} extra=$EXTRA args=$*\"\n"
+      "if [ \"$2\" = s3cret-key ]; then echo key-arrived-intact; fi\n"
       "if [ -e /proc/$$/fd/200 ]; then echo fd200=open; else echo fd200=closed; fi\n"
       "exec sleep 60");
   o.env = {"EXTRA=yes"};
-  o.args = {"--api-key", "s3cret", "--hf-token=tok"};
+  o.args = {"--api-key", "s3cret-key", "--hf-token=hf-tok3n"};
   auto sup = h.make(o);
   sup->start();
   ASSERT_TRUE(h.run_until([&] { return contains_line(sup->last_lines(), "fd200="); }));
   ::unsetenv("RAY_TEST_SECRET");
   ::close(200);
-  EXPECT_TRUE(contains_line(sup->last_lines(), "ray=unset extra=yes args=--api-key s3cret --hf-token=tok"));
+  // The child got its secret arguments; its echo of them is scrubbed from what Ray keeps and logs.
+  EXPECT_TRUE(contains_line(sup->last_lines(),
+                            "ray=unset extra=yes args=--api-key [redacted] --hf-token=[redacted]"));
+  EXPECT_TRUE(contains_line(sup->last_lines(), "key-arrived-intact"));
   EXPECT_TRUE(contains_line(sup->last_lines(), "fd200=closed"));
   ASSERT_TRUE(h.stop(*sup));
-  // The logged command line hides the secrets (the child's own output is its business).
+  // The logged command line hides the secrets, and so does the logged output.
   auto log = h.log_text();
+  EXPECT_THAT(log, Not(HasSubstr("s3cret-key")));
+  EXPECT_THAT(log, Not(HasSubstr("hf-tok3n")));
   auto started = log.substr(log.find("llama-server started"));
   started = started.substr(0, started.find('\n'));
   EXPECT_THAT(started, HasSubstr("--api-key '<redacted>' '--hf-token=<redacted>'"));

@@ -185,3 +185,36 @@ TEST(Decode, TheFileProfileMustBeAKnownName) {
 }
 
 }  // namespace
+
+// Issue 12: cache.scope (global | key), default key; the slow-client limits of server.*.
+TEST(Decode, CacheScopeDefaultsToKeyAndAcceptsGlobal) {
+  EXPECT_EQ(load_ok(R"({"profile":"tiny"})").cfg.cache.scope, rc::cache_scope::key);
+  EXPECT_EQ(load_ok(R"({"profile":"tiny","cache":{"scope":"global"}})").cfg.cache.scope,
+            rc::cache_scope::global);
+  auto msg = load_error(R"({"profile":"tiny","cache":{"scope":"tenant"}})");
+  EXPECT_NE(msg.find("cache.scope"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("global"), std::string::npos) << msg;
+}
+
+TEST(Decode, TheSlowClientLimitsAreReadAndRangeChecked) {
+  auto c = load_ok(R"({"profile":"tiny","server":{"maxConnectionsPerClient":8,
+      "headersTimeoutUnderPressureMs":500,"minBodyBytesPerSecond":0}})");
+  EXPECT_EQ(c.cfg.server.max_connections_per_client, 8u);
+  EXPECT_EQ(c.cfg.server.headers_timeout_under_pressure_ms, 500u);
+  EXPECT_EQ(c.cfg.server.min_body_bytes_per_second, 0u);
+  auto msg = load_error(R"({"profile":"tiny","server":{"maxConnectionsPerClient":0}})");
+  EXPECT_NE(msg.find("server.maxConnectionsPerClient"), std::string::npos) << msg;
+  msg = load_error(R"({"profile":"tiny","server":{"headersTimeoutUnderPressureMs":0}})");
+  EXPECT_NE(msg.find("server.headersTimeoutUnderPressureMs"), std::string::npos) << msg;
+}
+
+// Found by the secrets test: a wrongly typed secret-bearing value was quoted in the error (stderr, the log).
+TEST(Decode, AWronglyTypedSecretBearingValueIsNotQuoted) {
+  std::string const digest(64, 'd');
+  auto msg = load_error(R"({"profile":"tiny","auth":{"apiKeySha256":")" + digest + R"("}})");
+  EXPECT_NE(msg.find("auth.apiKeySha256"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find(digest.substr(0, 12)), std::string::npos) << msg;
+  msg = load_error(
+      R"({"profile":"sub1b","model":{"adapter":{"launchProfile":{"extraArgs":"--api-key hunter22"}}}})");
+  EXPECT_EQ(msg.find("hunter22"), std::string::npos) << msg;
+}

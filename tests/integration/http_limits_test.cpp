@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -599,17 +600,30 @@ TEST_F(HttpLimits, SequentialRequestsStopAtMaxRequestsPerConnection) {
   }
 }
 
-TEST_F(HttpLimits, ConnectionsBeyondMaxConnectionsGet503OverloadedAndClose) {
-  ASSERT_NO_FATAL_FAILURE(
-      start({{"maxConnections", 4}, {"headersTimeoutMs", 60'000}, {"keepAliveTimeoutMs", 60'000}}));
+// Four connections each in the middle of a request body (so none can be shed, and no minimum rate applies):
+// each waits for the server's 100 Continue, sent just before the server starts reading the body.
+std::vector<rt::raw_client> open_mid_body(std::function<rt::raw_client()> const& connect) {
   std::vector<rt::raw_client> open;
-  for (int i = 0; i < 4; ++i) {  // each one served once, so the server has accepted and counts it
+  for (int i = 0; i < 4; ++i) {
     open.push_back(connect());
-    ASSERT_TRUE(open.back().send(get("/livez"))) << open.back().last_error();
-    auto r = open.back().read_response(rt::in(kIo));
-    ASSERT_TRUE(r) << "connection " << i + 1 << ": " << open.back().last_error();
-    ASSERT_EQ(r->status, 200) << "connection " << i + 1 << ":\n" << r->describe();
+    auto& c = open.back();
+    EXPECT_TRUE(c.send(post_head("/v1/infer", 100, "application/json", "Expect: 100-continue\r\n")));
+    auto interim = c.read_response(rt::in(kIo));
+    EXPECT_TRUE(interim && interim->status == 100) << "connection " << i + 1 << ": " << c.last_error();
+    EXPECT_TRUE(c.send(R"({"in)"));
   }
+  return open;
+}
+
+TEST_F(HttpLimits, ConnectionsBeyondMaxConnectionsGet503OverloadedAndClose) {
+  // Nothing to shed (every connection is reading a body): the new one is refused.
+  ASSERT_NO_FATAL_FAILURE(start({{"maxConnections", 4},
+                                 {"headersTimeoutMs", 60'000},
+                                 {"bodyTimeoutMs", 60'000},
+                                 {"minBodyBytesPerSecond", 0},
+                                 {"keepAliveTimeoutMs", 60'000}}));
+  auto open = open_mid_body([this] { return connect(); });
+  ASSERT_FALSE(HasFailure());
   {
     auto fifth = connect();
     fifth.send(get("/livez"));
@@ -623,8 +637,10 @@ TEST_F(HttpLimits, ConnectionsBeyondMaxConnectionsGet503OverloadedAndClose) {
     EXPECT_TRUE(r->has_header("retry-after-ms")) << r->describe();
     EXPECT_TRUE(closes_after(fifth, *r));
   }
-  // The four keep working.
-  ASSERT_TRUE(open[1].send(get("/livez")));
+  // The four are untouched: one finishes its body and is answered.
+  std::string rest = R"(put":"hi"})";
+  rest.append(100 - 4 - rest.size(), ' ');
+  ASSERT_TRUE(open[1].send(rest));
   auto still = open[1].read_response(rt::in(kIo));
   ASSERT_TRUE(still) << open[1].last_error();
   EXPECT_EQ(still->status, 200) << still->describe();
@@ -642,6 +658,169 @@ TEST_F(HttpLimits, ConnectionsBeyondMaxConnectionsGet503OverloadedAndClose) {
   ASSERT_TRUE(last) << "no response on a new connection after closing one";
   EXPECT_EQ(last->status, 200) << "a slot freed by closing a connection was never reused:\n"
                                << last->describe();
+}
+
+// Issue 12 (slowloris): at the cap a new connection is not refused while an idle keep-alive connection can be
+// closed instead — the oldest one goes, quietly, as HTTP allows at any time.
+TEST_F(HttpLimits, AtMaxConnectionsTheOldestIdleKeepAliveConnectionIsShedForANewOne) {
+  ASSERT_NO_FATAL_FAILURE(
+      start({{"maxConnections", 4}, {"headersTimeoutMs", 60'000}, {"keepAliveTimeoutMs", 60'000}}));
+  std::vector<rt::raw_client> open;
+  for (int i = 0; i < 4; ++i) {  // each one served once: idle keep-alive, oldest first
+    open.push_back(connect());
+    ASSERT_TRUE(open.back().send(get("/livez"))) << open.back().last_error();
+    auto r = open.back().read_response(rt::in(kIo));
+    ASSERT_TRUE(r && r->status == 200) << "connection " << i + 1 << ": " << open.back().last_error();
+  }
+  auto fifth = connect();
+  ASSERT_TRUE(fifth.send(get("/livez")));
+  auto r = fifth.read_response(rt::in(kIo));
+  ASSERT_TRUE(r) << fifth.last_error();
+  EXPECT_EQ(r->status, 200) << "a new connection was refused although idle ones could be shed:\n"
+                            << r->describe();
+  EXPECT_TRUE(open[0].is_closed_by_peer(rt::in(kIo))) << "the oldest idle connection was not the one shed";
+  EXPECT_TRUE(open[0].pending().empty())
+      << "an idle connection was sent bytes when shed: " << open[0].pending();
+  for (std::size_t i = 1; i < open.size(); ++i) {
+    ASSERT_TRUE(open[i].send(get("/livez")));
+    auto again = open[i].read_response(rt::in(kIo));
+    ASSERT_TRUE(again) << "connection " << i + 1 << " was shed too: " << open[i].last_error();
+    EXPECT_EQ(again->status, 200) << again->describe();
+  }
+}
+
+// Issue 12: 300 connections trickling header bytes filled the cap and every normal client got 503 for the
+// whole header deadline. Now, at the cap, the connection longest in its header phase is shed (with a 503 that
+// says why) and the new client is served.
+TEST_F(HttpLimits, AtMaxConnectionsTheOldestHeaderPhaseConnectionIsShedForANewOne) {
+  ASSERT_NO_FATAL_FAILURE(start({{"maxConnections", 4},
+                                 {"headersTimeoutMs", 60'000},
+                                 {"headersTimeoutUnderPressureMs", 60'000},
+                                 {"keepAliveTimeoutMs", 60'000}}));
+  std::vector<rt::raw_client> slow;
+  for (int i = 0; i < 4; ++i) {
+    slow.push_back(connect());
+    // Accepted in the order they connected (the listen backlog is FIFO): slow[0] is the oldest.
+    ASSERT_TRUE(slow.back().send("GET /livez HTTP/1.1\r\nHost: localhost\r\nX-Slow: a"));
+  }
+  // A connection is judged slow once it has spent 20 ms in its header phase (a younger one may just not have
+  // been read yet): until then a new connection is refused, after it the oldest slow one makes room.
+  std::optional<rt::http_response> r;
+  ASSERT_TRUE(eventually([&] {
+    auto fresh = connect();
+    fresh.send(get("/livez"));
+    r = fresh.read_response(rt::in(kIo));
+    return r && r->status == 200;
+  })) << "a new connection was never served while slow header-phase connections held the cap"
+      << (r ? "\n" + r->describe() : std::string());
+  auto shed = slow[0].read_response(rt::in(kIo));
+  ASSERT_TRUE(shed) << "the oldest header-phase connection got no answer: " << slow[0].last_error();
+  EXPECT_TRUE(is_error(*shed, 503, "overloaded"));
+  EXPECT_TRUE(shed->has_header("retry-after")) << shed->describe();
+  EXPECT_TRUE(closes_after(slow[0], *shed));
+  for (std::size_t i = 1; i < slow.size(); ++i)
+    EXPECT_FALSE(slow[i].closed()) << "slow connection " << i + 1 << " was shed too";
+}
+
+// Under connection pressure (>= 90 % of maxConnections) a connection still sending its header section gets
+// server.headersTimeoutUnderPressureMs, not the (long) server.headersTimeoutMs.
+TEST_F(HttpLimits, UnderConnectionPressureTheHeaderDeadlineIsShortened) {
+  constexpr auto kPressureTimeout = 300ms;
+  ASSERT_NO_FATAL_FAILURE(start({{"maxConnections", 10},
+                                 {"headersTimeoutMs", 60'000},
+                                 {"headersTimeoutUnderPressureMs", kPressureTimeout.count()},
+                                 {"keepAliveTimeoutMs", 60'000}}));
+  std::vector<rt::raw_client> slow;
+  for (int i = 0; i < 9; ++i) {
+    slow.push_back(connect());
+    ASSERT_TRUE(slow.back().send("GET /livez HTTP/1.1\r\nHost: localhost\r\nX-Slow: a"));
+  }
+  auto const t9 = std::chrono::steady_clock::now();
+  // The first to expire is answered 408 naming the pressure deadline (it then closes, which may end the
+  // pressure for the others: they fall back to headersTimeoutMs).
+  std::optional<rt::http_response> first;
+  std::size_t which = 0;
+  auto const until = t9 + 20 * kPressureTimeout;
+  while (!first && std::chrono::steady_clock::now() < until) {
+    for (std::size_t i = 0; i < slow.size() && !first; ++i)
+      if (slow[i].wait_readable(rt::in(10ms))) {
+        first = slow[i].read_response(rt::in(kIo));
+        which = i;
+      }
+  }
+  ASSERT_TRUE(first) << "no header-phase connection was timed out within 20x headersTimeoutUnderPressureMs "
+                        "under connection pressure (headersTimeoutMs is 60 s)";
+  EXPECT_TRUE(is_error(*first, 408, "request_read_timeout"));
+  EXPECT_NE(first->body.find("server.headersTimeoutUnderPressureMs"), std::string::npos) << first->describe();
+  EXPECT_TRUE(closes_after(slow[which], *first));
+}
+
+// A body trickled below server.minBodyBytesPerSecond is answered 408 long before server.bodyTimeoutMs.
+TEST_F(HttpLimits, ABodySlowerThanMinBodyBytesPerSecondIs408) {
+  ASSERT_NO_FATAL_FAILURE(start({{"headersTimeoutMs", 60'000},
+                                 {"bodyTimeoutMs", 60'000},
+                                 {"minBodyBytesPerSecond", 100},
+                                 {"keepAliveTimeoutMs", 60'000}}));
+  auto c = connect();
+  ASSERT_TRUE(c.send(post_head("/v1/infer", 900, "application/json") + R"({"input":")")) << c.last_error();
+  auto const t0 = std::chrono::steady_clock::now();
+  std::optional<rt::http_response> r;
+  // One byte each 100 ms (10 bytes/s, a tenth of the minimum) until the server answers.
+  while (!r && std::chrono::steady_clock::now() < t0 + 20s) {
+    if (c.wait_readable(rt::in(100ms))) {
+      r = c.read_response(rt::in(kIo));
+      break;
+    }
+    if (!c.send("a")) break;
+  }
+  ASSERT_TRUE(r)
+      << "a 10 bytes/s body was not answered within 20 s (minBodyBytesPerSecond 100, bodyTimeoutMs "
+         "60 s): "
+      << c.last_error();
+  EXPECT_TRUE(is_error(*r, 408, "request_read_timeout"));
+  EXPECT_NE(r->body.find("server.minBodyBytesPerSecond"), std::string::npos) << r->describe();
+  EXPECT_TRUE(closes_after(c, *r));
+}
+
+// A direct client address holds at most server.maxConnectionsPerClient connections (429 beyond, with
+// Retry-After); a trusted proxy (loopback by default) is exempt.
+TEST(ConnectionsPerClient, ADirectClientIsCappedATrustedProxyIsNot) {
+  for (bool trusted : {false, true}) {
+    SCOPED_TRACE(trusted ? "loopback is a trusted proxy" : "loopback is a direct client");
+    auto cfg = test_config({{"maxConnectionsPerClient", 3}, {"keepAliveTimeoutMs", 60'000}});
+    json::object rate;
+    rate["trustedProxies"] = trusted ? json::array{"127.0.0.0/8"} : json::array{"10.0.0.0/8"};
+    cfg["rateLimit"] = rate;
+    ray_server srv(cfg);
+    ASSERT_TRUE(srv.wait_listening());
+    std::vector<rt::raw_client> open;
+    for (int i = 0; i < 3; ++i) {
+      open.push_back(srv.connect());
+      ASSERT_TRUE(open.back().send(get("/livez")));
+      auto r = open.back().read_response(rt::in(kIo));
+      ASSERT_TRUE(r && r->status == 200) << open.back().last_error();
+    }
+    auto fourth = srv.connect();
+    ASSERT_TRUE(fourth.send(get("/livez")));
+    auto r = fourth.read_response(rt::in(kIo));
+    ASSERT_TRUE(r) << fourth.last_error();
+    if (trusted) {
+      EXPECT_EQ(r->status, 200) << r->describe();
+      continue;
+    }
+    EXPECT_TRUE(is_error(*r, 429, "rate_limited"));
+    EXPECT_NE(r->body.find("server.maxConnectionsPerClient"), std::string::npos) << r->describe();
+    EXPECT_TRUE(r->has_header("retry-after")) << r->describe();
+    EXPECT_TRUE(closes_after(fourth, *r));
+    // Closing one lets the client connect again (the count follows the close asynchronously).
+    open.erase(open.begin());
+    EXPECT_TRUE(eventually([&] {
+      auto c = srv.connect();
+      c.send(get("/livez"));
+      auto again = c.read_response(rt::in(kIo));
+      return again && again->status == 200;
+    })) << "a closed connection was never uncounted for its client";
+  }
 }
 
 // Review finding (http/server.cpp client_gone): a client that half-closes (shutdown(SHUT_WR)) after sending

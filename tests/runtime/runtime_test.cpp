@@ -193,6 +193,45 @@ TEST(RuntimeCache, BackendRestartEmptiesTheCache) {
   EXPECT_EQ(h.be.requests_total(), 2u);
 }
 
+// Issue 12 (cache.scope): with the default `key`, callers with different API keys share neither a cached nor
+// a deduplicated answer — a shared one would tell one key, by timing, what another asked; `global` shares
+// both.
+TEST(RuntimeCache, CacheAndDedupeAreScopedToTheCallerUnlessScopeIsGlobal) {
+  for (auto scope : {ray::config::cache_scope::key, ray::config::cache_scope::global}) {
+    bool const global = scope == ray::config::cache_scope::global;
+    SCOPED_TRACE(global ? "cache.scope global" : "cache.scope key");
+    harness h([&](auto& c) {
+      c.scheduler.concurrency = 2;
+      c.cache.scope = scope;
+    });
+    auto as = [](std::string caller) {
+      auto q = infer_req("what did the others ask?");
+      q.caller = std::move(caller);
+      return q;
+    };
+    // Concurrent: bob joins alice's flight only when sharing is allowed.
+    auto a = h.infer(as("alice"));
+    auto b = h.infer(as("bob"));
+    auto a2 = h.infer(as("alice"));
+    h.settle();
+    EXPECT_EQ(h.be.calls.size(), global ? 1u : 2u);
+    h.be.open();
+    ASSERT_TRUE(h.run_until([&] { return harness::all_done({a, b, a2}); }));
+    ASSERT_TRUE(a->ok() && b->ok() && a2->ok());
+    EXPECT_TRUE(a2->value().deduplicated);  // the same caller always shares
+    EXPECT_EQ(b->value().deduplicated, global);
+    // Afterwards: a cache hit for carol only when sharing is allowed; alice's own repeat is always one.
+    h.be.hold = false;
+    auto c = h.infer(as("carol"));
+    auto a3 = h.infer(as("alice"));
+    ASSERT_TRUE(h.run_until([&] { return harness::all_done({c, a3}); }));
+    ASSERT_TRUE(c->ok() && a3->ok());
+    EXPECT_EQ(c->value().cached, global);
+    EXPECT_TRUE(a3->value().cached);
+    EXPECT_TRUE(h.drained());
+  }
+}
+
 // ---- 4. deadlines ----------------------------------------------------------------------------------------
 
 TEST(RuntimeDeadline, QueueTimeoutFailsTheWaitingRequestAndFreesItsPlace) {

@@ -78,6 +78,7 @@ class router final : public http::handler {
   std::optional<ray::error> check_headers(http::request_header const& header, std::string_view path,
                                           http::tcp::endpoint const& peer, http::header_list& extra) override;
   bool accepts_body(http::request_header const& header, std::string_view path) override;
+  std::optional<std::string> connection_owner(boost::asio::ip::address const& peer) override;
   http::response error_response(ray::error const& err, http::request_header const* header,
                                 std::string_view path,
                                 std::chrono::steady_clock::time_point started) override;

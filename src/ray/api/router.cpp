@@ -169,6 +169,14 @@ std::optional<ray::error> router::check_headers(http::request_header const& head
   return std::nullopt;
 }
 
+std::optional<std::string> router::connection_owner(boost::asio::ip::address const& peer) {
+  auto const text = peer.to_string();
+  auto const& proxies = app_.access.proxies;
+  if (proxies.contains(text)) return std::nullopt;  // a trusted proxy carries many clients
+  // Normalised as the rate limiter sees it: ::ffff:a.b.c.d is a.b.c.d, an IPv6 client counts as its /64.
+  return access::rate_limit_address(access::client_ip(text, {}, false, proxies));
+}
+
 std::string router::caller_of(http::request const& req) const {
   auto const& acc = app_.access;
   if (!acc.auth.enabled) return {};
@@ -266,8 +274,7 @@ http::response router::readyz() const {
   auto const pv = app_.rt.pressure();
   bool const shutting = app_.shutting_down.load(std::memory_order_relaxed);
   auto const* srv = app_.server;
-  bool const http_pressure = srv && srv->stats().connections.load(std::memory_order_relaxed) * 10 >=
-                                        srv->current_limits().max_connections * 9;
+  bool const http_pressure = srv && srv->under_pressure();
   boost::json::array reasons;
   if (st != backend::state::ready) reasons.emplace_back("provider_" + std::string(backend::state_name(st)));
   if (pv.queue) reasons.emplace_back("queue_pressure");
@@ -388,10 +395,17 @@ http::response router::health() const {
                                        {"details", std::move(details)}}},
       {"runtime", std::move(runtime_o)},
       {"gateway",
-       boost::json::object{{"http", boost::json::object{{"connections", conns},
-                                                        {"activeRequests", active},
-                                                        {"maxConnections", max_conns},
-                                                        {"degraded", conns * 10 >= max_conns * 9}}}}}};
+       boost::json::object{
+           {"http",
+            boost::json::object{{"connections", conns},
+                                {"activeRequests", active},
+                                {"maxConnections", max_conns},
+                                {"degraded", srv && srv->under_pressure()},
+                                {"rejectedConnections", srv ? srv->stats().rejected_connections.load() : 0},
+                                {"rejectedPerClient", srv ? srv->stats().rejected_per_client.load() : 0},
+                                {"shedConnections", srv ? srv->stats().shed_connections.load() : 0},
+                                {"slowHeaderTimeouts", srv ? srv->stats().slow_header_timeouts.load() : 0},
+                                {"slowBodyTimeouts", srv ? srv->stats().slow_body_timeouts.load() : 0}}}}}};
   if (cfg.async_queue.enabled)
     o["asyncQueue"] =
         boost::json::object{{"enabled", false}, {"degraded", true}, {"reason", "not_implemented"}};
@@ -543,7 +557,10 @@ boost::asio::awaitable<void> router::handle_infer(http::exchange& ex) {
     app_.rt.count_rejection(decoded.error().code);
     if (app_.rejections) app_.rejections->record(error_code, {{"route", route.label}});
   } else {
-    if (decoded->dedupe_key) decoded->caller = caller_of(ex.req());
+    // The caller scopes a client's dedupeKey always, and the cache and identical-request dedupe when
+    // cache.scope = key.
+    if (decoded->dedupe_key || app_.cfg().cache.scope == config::cache_scope::key)
+      decoded->caller = caller_of(ex.req());
     held = co_await unless_client_leaves(ex, app_.rt.infer(std::move(*decoded)));
     if (!held) {
       // The client left: the backend call was cancelled with it; nobody is there to answer.
@@ -600,6 +617,7 @@ boost::asio::awaitable<void> router::handle_openai(http::exchange& ex, bool comp
   };
 
   runtime::chat_request call;
+  if (app_.cfg().cache.scope == config::cache_scope::key) call.caller = caller_of(ex.req());
   std::string requested_model;
   bool stream = false;
   bool include_usage = false;

@@ -103,12 +103,15 @@ boost::json::object access_summary(access_state const& acc) {
 http::limits limits_from(config::server_config const& s) {
   http::limits l;
   l.max_connections = s.max_connections;
+  l.max_connections_per_client = s.max_connections_per_client;
   l.max_header_bytes = s.max_header_bytes;
   l.max_headers = s.max_headers;
   l.max_target_bytes = s.max_target_bytes;
   l.request_body_limit_bytes = s.request_body_limit_bytes;
   l.headers_timeout_ms = s.headers_timeout_ms;
+  l.headers_timeout_under_pressure_ms = s.headers_timeout_under_pressure_ms;
   l.body_timeout_ms = s.body_timeout_ms;
+  l.min_body_bytes_per_second = s.min_body_bytes_per_second;
   l.keep_alive_timeout_ms = s.keep_alive_timeout_ms;
   l.write_timeout_ms = std::max(s.body_timeout_ms, 1000u);
   l.max_requests_per_connection = s.max_requests_per_connection;
@@ -329,6 +332,21 @@ int serve(config::loaded_config loaded, serve_options opts) {
   router r(a);
   http::server srv(ioc, r, limits_from(a.cfg().server));
   a.server = &srv;
+  {
+    // What the connection defences did (http.hpp: slow clients): each series reads the server's counter.
+    auto closed = metrics.add_counter(
+        "ray_http_connections_refused_total",
+        "Connections refused or closed to protect the others, by reason: over_capacity (at "
+        "server.maxConnections with nothing to shed), per_client_limit, shed (closed to make room), "
+        "slow_headers and slow_body (408 on a read deadline or rate).",
+        {"reason"}, {.json_name = "http.connectionsRefused"});
+    auto const& st = srv.stats();
+    closed.set_function({"over_capacity"}, [&st] { return st.rejected_connections.load(); });
+    closed.set_function({"per_client_limit"}, [&st] { return st.rejected_per_client.load(); });
+    closed.set_function({"shed"}, [&st] { return st.shed_connections.load(); });
+    closed.set_function({"slow_headers"}, [&st] { return st.slow_header_timeouts.load(); });
+    closed.set_function({"slow_body"}, [&st] { return st.slow_body_timeouts.load(); });
+  }
 
   auto ep = srv.listen(a.cfg().server.host, static_cast<std::uint16_t>(a.cfg().server.port));
   if (!ep) {

@@ -73,9 +73,13 @@ class remote_backend final : public backend {
     }
     busy_.assign(desc_.slots, false);
     if (a.api_key_env) {
-      if (char const* key = std::getenv(a.api_key_env->c_str()); key && *key)
+      if (char const* key = std::getenv(a.api_key_env->c_str()); key && *key) {
         auth_header_ = std::string("Bearer ") + key;
+        add_secret(key);
+      }
     }
+    for (auto const& [name, value] : a.headers)
+      add_secret(value);
   }
 
   state current_state() const noexcept override { return state_; }
@@ -119,6 +123,16 @@ class remote_backend final : public backend {
 
  private:
   std::string path(std::string_view p) const { return base_.prefix + std::string(p); }
+
+  // The secrets Ray sends upstream (the bearer key, every configured header value: /v1/config redacts them
+  // all) are never relayed back: an upstream that quotes its request in an error body must not get them into
+  // Ray's error answers, logs or /health. Values shorter than this are not scrubbed (they would garble
+  // ordinary text and are no secret worth the name).
+  static constexpr std::size_t min_secret_chars = 4;
+  void add_secret(std::string_view value) {
+    if (value.size() >= min_secret_chars) secrets_.emplace_back(value);
+  }
+  std::string scrub(std::string text) const { return redact_all(std::move(text), secrets_); }
 
   std::vector<std::pair<std::string, std::string>> request_headers() const {
     std::vector<std::pair<std::string, std::string>> h;
@@ -230,6 +244,7 @@ class remote_backend final : public backend {
   details details_{};
   std::string identity_{};
   std::string auth_header_{};
+  std::vector<std::string> secrets_{};  // see scrub()
   std::vector<bool> busy_{};
   std::unordered_map<std::uint64_t, int> affinity_{};
   warmup_fn warmup_{};
@@ -345,7 +360,7 @@ asio::awaitable<bool> remote_backend::probe_once() {
   }
   if (r->status != 200) {
     set_state(state::unreachable,
-              "health answered " + std::to_string(r->status) + ": " + excerpt(r->body, 120));
+              "health answered " + std::to_string(r->status) + ": " + excerpt(scrub(r->body), 120));
     co_return false;
   }
   if (awaiting_first_answer_) {
@@ -516,7 +531,7 @@ ray::error remote_backend::map_status(unsigned status, std::string const& body) 
     return err;
   }
   return {errc::provider_upstream_error,
-          "the backend answered " + std::to_string(status) + ": " + excerpt(body)};
+          "the backend answered " + std::to_string(status) + ": " + excerpt(scrub(body))};
 }
 
 asio::awaitable<result<generation_result>> remote_backend::generate(generation_request req,
@@ -601,7 +616,13 @@ asio::awaitable<result<generation_result>> remote_backend::generate(generation_r
       break;
     }
     auto chunk = parse_stream_chunk(data);
-    if (!chunk) co_return chunk.error();
+    if (!chunk) {
+      // The error quotes the event (cut to an excerpt): quote the scrubbed event instead.
+      auto clean = parse_stream_chunk(scrub(data));
+      ray::error e = clean ? chunk.error() : clean.error();
+      e.message = scrub(std::move(e.message));
+      co_return e;
+    }
     auto const& c = *chunk;
     if (!c.content.empty()) {
       if (!saw_first) {

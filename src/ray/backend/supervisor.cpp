@@ -193,16 +193,15 @@ bool same_file(std::string const& a, std::string const& b) {
   return std::filesystem::equivalent(a, b, ec) && !ec;
 }
 
-// The command line for the log, without secrets an operator may pass in extraArgs.
+// The command line for the log, without secrets an operator may pass in extraArgs (config::is_secret_flag).
 std::vector<std::string> redacted(std::vector<std::string> args) {
-  static constexpr std::string_view secret_flags[] = {"--api-key", "--hf-token", "-hft"};
   for (std::size_t i = 0; i < args.size(); ++i) {
-    for (auto flag : secret_flags) {
-      if (args[i] == flag && i + 1 < args.size()) {
-        args[++i] = "<redacted>";
-      } else if (args[i].starts_with(flag) && args[i].size() > flag.size() && args[i][flag.size()] == '=') {
-        args[i] = std::string(flag) + "=<redacted>";
-      }
+    std::string_view const arg = args[i];
+    if (!arg.starts_with("-")) continue;
+    if (auto eq = arg.find('='); eq != std::string_view::npos) {
+      if (config::is_secret_flag(arg.substr(0, eq))) args[i] = std::string(arg.substr(0, eq)) + "=<redacted>";
+    } else if (config::is_secret_flag(arg) && i + 1 < args.size()) {
+      args[++i] = "<redacted>";
     }
   }
   return args;
@@ -312,7 +311,11 @@ struct supervisor::impl {
         adopt_timer_(ex),
         load_timer_(ex),
         grace_timer_(ex),
-        drain_timer_(ex) {}
+        drain_timer_(ex) {
+    // Shorter values are not scrubbed: they would garble ordinary words and are no secret worth the name.
+    for (auto& v : config::secret_arg_values(opts_.args))
+      if (v.size() >= 4) secret_args_.push_back(std::move(v));
+  }
 
   asio::any_io_executor ex_;
   supervisor_options opts_;
@@ -336,6 +339,7 @@ struct supervisor::impl {
   std::vector<std::function<void()>> on_stopped_;
 
   // output
+  std::vector<std::string> secret_args_;  // values of secret flags in opts_.args, scrubbed from the output
   std::deque<std::string> lines_;
   std::uint64_t dropped_{0};
   steady::time_point window_start_{};
@@ -377,6 +381,9 @@ struct supervisor::impl {
   void on_line(std::string line) {
     while (!line.empty() && (line.back() == '\r' || line.back() == '\n'))
       line.pop_back();
+    // A child that echoes its arguments (usage errors do) must not put a secret flag's value into Ray's log
+    // or /health's last lines.
+    if (!secret_args_.empty()) line = redact_all(std::move(line), secret_args_);
     auto now = steady::now();
     if (now - window_start_ >= std::chrono::seconds(1)) {
       flush_dropped();

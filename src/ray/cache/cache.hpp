@@ -119,6 +119,7 @@ struct request_key_fields {
   std::string_view route;             // request shape: "infer" | "chat" | "completions" — never collide
   std::string_view model_id;          // the configured model id
   std::string_view backend_identity;  // llama-server build_info + model_path (a model swap changes every key)
+  std::string_view scope{};           // cache.scope key: the caller (opaque); "" = shared by every caller
   std::string_view system;            // final system prompt ("" when none)
   std::string_view input;             // final input, or a canonical serialization of the messages
   std::map<std::string, std::string> const* metadata{nullptr};  // nullptr = none (same key as empty)

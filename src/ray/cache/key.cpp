@@ -134,7 +134,8 @@ cache_key request_key(request_key_fields const& f, key_strategy strategy) {
   b.reset();
   static std::map<std::string, std::string> const no_metadata;
   // A version prefix: changing the field list below changes every key instead of silently aliasing.
-  b.text("v", "ray-cache-key/1")
+  b.text("v", "ray-cache-key/2")
+      .text("scope", f.scope)
       .text("route", f.route)
       .text("model", f.model_id)
       .text("backend", f.backend_identity)

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -28,11 +29,18 @@ struct server_config {
   std::uint32_t request_body_limit_bytes{32'000};
   std::uint32_t threads{1};
   std::uint32_t max_connections{256};
+  // Open connections one direct client address (an IPv6 client counts as its /64) may hold; peers listed in
+  // rateLimit.trustedProxies are exempt (they carry many clients).
+  std::uint32_t max_connections_per_client{64};
   std::uint32_t max_header_bytes{12'288};
   std::uint32_t max_headers{64};
   std::uint32_t max_target_bytes{8192};
   std::uint32_t headers_timeout_ms{15'000};
+  // The header deadline while the server is under connection pressure (>= 90 % of maxConnections).
+  std::uint32_t headers_timeout_under_pressure_ms{2'000};
   std::uint32_t body_timeout_ms{30'000};
+  // A request body slower than this (after its first second) is answered 408; 0 turns the check off.
+  std::uint32_t min_body_bytes_per_second{1024};
   std::uint32_t keep_alive_timeout_ms{75'000};
   std::uint32_t max_requests_per_connection{1000};
   std::uint32_t sse_keep_alive_ms{10'000};
@@ -157,12 +165,19 @@ struct scheduler_config {
 enum class cache_key_strategy { input, input_params };
 std::string_view cache_key_strategy_name(cache_key_strategy k) noexcept;  // "input" | "input+params"
 
+// Whether callers with different API keys share cached and deduplicated answers. `key` (the default) keeps
+// them apart: a shared cache lets one key learn, by timing, what another asked. Without auth every caller is
+// the same one, so the two are equal.
+enum class cache_scope { global, key };
+std::string_view cache_scope_name(cache_scope s) noexcept;  // "global" | "key"
+
 struct cache_config {
   bool enabled{true};
   std::uint32_t max_entries{128};
   std::uint64_t max_bytes{1u << 20};
   std::uint32_t ttl_ms{30'000};
   cache_key_strategy key_strategy{cache_key_strategy::input_params};
+  cache_scope scope{cache_scope::key};
 
   friend bool operator==(cache_config const&, cache_config const&) = default;
 };
@@ -372,5 +387,13 @@ boost::json::object to_public_json(loaded_config const& loaded);
 // `ray config explain`: every effective value with its source, one per line: `server.port = 3000
 // (profile:tiny)`. Secrets are redacted as in to_public_json.
 std::string explain(loaded_config const& loaded);
+
+// A llama-server flag whose value is a credential (--api-key, --hf-token, -hft, anything naming a key, token,
+// secret or password): the one rule /v1/config, `config explain`, the supervisor's logged command line and
+// its scrubbing of the child's output share.
+bool is_secret_flag(std::string_view flag);
+// The values of the secret flags in an argument list ("--api-key X" — X whatever it looks like — and
+// "--api-key=X").
+std::vector<std::string> secret_arg_values(std::span<std::string const> args);
 
 }  // namespace ray::config

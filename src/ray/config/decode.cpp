@@ -21,6 +21,31 @@ std::string join(std::string_view path, std::string_view key) {
   return out;
 }
 
+// Paths whose values are (or may hold) secrets: an error names their type, never their text.
+bool secret_path(std::string_view path) {
+  return path.find(".headers") != std::string_view::npos ||
+         path.find("extraArgs") != std::string_view::npos || path.find("apiKey") != std::string_view::npos ||
+         path.find("Secret") != std::string_view::npos;
+}
+
+std::string show(json::value const& v, std::string_view path) {
+  if (!secret_path(path)) return show(v);
+  switch (v.kind()) {
+    case json::kind::string:
+      return "a string (value not shown: it may be a secret)";
+    case json::kind::array:
+      return "an array";
+    case json::kind::object:
+      return "an object";
+    case json::kind::null:
+      return "null";
+    case json::kind::bool_:
+      return "a boolean";
+    default:
+      return "a number";
+  }
+}
+
 std::string show(json::value const& v) {
   std::string s;
   if (v.is_double()) {
@@ -108,7 +133,7 @@ void decoder::fail(std::string const& path, std::string const& message) {
 void decoder::object(json::value const& v, std::string const& path, std::initializer_list<field> fields,
                      std::initializer_list<std::string_view> ignored) {
   if (err_) return;
-  if (!v.is_object()) return fail(path, "expected an object, got " + show(v));
+  if (!v.is_object()) return fail(path, "expected an object, got " + show(v, path));
   for (auto const& kv : v.get_object()) {
     if (err_) return;
     std::string_view const key = kv.key();
@@ -143,24 +168,24 @@ std::optional<std::int64_t> decoder::integer(json::value const& v, std::string c
     x = v.get_int64();
   } else if (v.is_uint64()) {
     if (v.get_uint64() > static_cast<std::uint64_t>(hi)) {
-      fail(path, show(v) + " is above the maximum " + std::to_string(hi));
+      fail(path, show(v, path) + " is above the maximum " + std::to_string(hi));
       return std::nullopt;
     }
     x = static_cast<std::int64_t>(v.get_uint64());
   } else if (v.is_double()) {
     double d = v.get_double();
     if (!std::isfinite(d) || d != std::floor(d)) {
-      fail(path, "expected an integer, got " + show(v));
+      fail(path, "expected an integer, got " + show(v, path));
       return std::nullopt;
     }
     if (d < -9.2e18 || d > 9.2e18) {
-      fail(path, show(v) + (d < 0 ? " is below the minimum " + std::to_string(lo)
-                                  : " is above the maximum " + std::to_string(hi)));
+      fail(path, show(v, path) + (d < 0 ? " is below the minimum " + std::to_string(lo)
+                                        : " is above the maximum " + std::to_string(hi)));
       return std::nullopt;
     }
     x = static_cast<std::int64_t>(d);
   } else {
-    fail(path, "expected an integer, got " + show(v));
+    fail(path, "expected an integer, got " + show(v, path));
     return std::nullopt;
   }
   if (x < lo) {
@@ -225,7 +250,7 @@ decoder::handler decoder::opt_i64(std::optional<std::int64_t>& dst) {
 decoder::handler decoder::number(double& dst) {
   return [this, &dst](json::value const& v, std::string const& p) {
     if (v.is_number()) return dst = v.to_number<double>(), mark(p);
-    fail(p, "expected a number, got " + show(v));
+    fail(p, "expected a number, got " + show(v, p));
   };
 }
 
@@ -233,21 +258,21 @@ decoder::handler decoder::opt_number(std::optional<double>& dst) {
   return [this, &dst](json::value const& v, std::string const& p) {
     if (v.is_null()) return dst.reset(), mark(p);
     if (v.is_number()) return dst = v.to_number<double>(), mark(p);
-    fail(p, "expected a number, got " + show(v));
+    fail(p, "expected a number, got " + show(v, p));
   };
 }
 
 decoder::handler decoder::boolean(bool& dst) {
   return [this, &dst](json::value const& v, std::string const& p) {
     if (v.is_bool()) return dst = v.get_bool(), mark(p);
-    fail(p, "expected a boolean, got " + show(v));
+    fail(p, "expected a boolean, got " + show(v, p));
   };
 }
 
 decoder::handler decoder::string(std::string& dst) {
   return [this, &dst](json::value const& v, std::string const& p) {
     if (v.is_string()) return dst = std::string(v.get_string()), mark(p);
-    fail(p, "expected a string, got " + show(v));
+    fail(p, "expected a string, got " + show(v, p));
   };
 }
 
@@ -255,17 +280,19 @@ decoder::handler decoder::opt_string(std::optional<std::string>& dst) {
   return [this, &dst](json::value const& v, std::string const& p) {
     if (v.is_null()) return dst.reset(), mark(p);
     if (v.is_string()) return dst = std::string(v.get_string()), mark(p);
-    fail(p, "expected a string, got " + show(v));
+    fail(p, "expected a string, got " + show(v, p));
   };
 }
 
 decoder::handler decoder::strings(std::vector<std::string>& dst) {
   return [this, &dst](json::value const& v, std::string const& p) {
-    if (!v.is_array()) return fail(p, "expected an array of strings, got " + show(v));
+    if (!v.is_array()) return fail(p, "expected an array of strings, got " + show(v, p));
     std::vector<std::string> out;
     for (std::size_t i = 0; i < v.get_array().size(); ++i) {
       auto const& e = v.get_array()[i];
-      if (!e.is_string()) return fail(p + "[" + std::to_string(i) + "]", "expected a string, got " + show(e));
+      if (!e.is_string())
+        return fail(p + "[" + std::to_string(i) + "]",
+                    "expected a string, got " + show(e, p + "[" + std::to_string(i) + "]"));
       out.emplace_back(e.get_string());
     }
     dst = std::move(out);
@@ -275,10 +302,10 @@ decoder::handler decoder::strings(std::vector<std::string>& dst) {
 
 decoder::handler decoder::string_map(std::map<std::string, std::string>& dst) {
   return [this, &dst](json::value const& v, std::string const& p) {
-    if (!v.is_object()) return fail(p, "expected an object of strings, got " + show(v));
+    if (!v.is_object()) return fail(p, "expected an object of strings, got " + show(v, p));
     for (auto const& [k, e] : v.get_object()) {
       auto ep = join(p, k);
-      if (!e.is_string()) return fail(ep, "expected a string, got " + show(e));
+      if (!e.is_string()) return fail(ep, "expected a string, got " + show(e, ep));
       dst[std::string(k)] = std::string(e.get_string());
       mark(ep);
     }
@@ -297,7 +324,7 @@ decoder::handler decoder::choice(E& dst, std::initializer_list<std::pair<std::st
     std::string list;
     for (auto const& o : opts)
       list += (list.empty() ? "\"" : ", \"") + std::string(o.first) + "\"";
-    fail(p, show(v) + " is not one of " + list);
+    fail(p, show(v, p) + " is not one of " + list);
   };
 }
 
@@ -307,7 +334,7 @@ void decoder::root(json::value const& v, config& cfg) {
       {{"profile",
         [this](json::value const& pv, std::string const& p) {
           // The choice itself is made by the loader (flags win over the file); here only its validity.
-          if (!pv.is_string()) return fail(p, "expected a string, got " + show(pv));
+          if (!pv.is_string()) return fail(p, "expected a string, got " + show(pv, p));
           if (auto r = profile_defaults(std::string_view(pv.get_string())); !r)
             fail(p, r.error().message.substr(std::string_view("profile: ").size()));
         }},
@@ -337,11 +364,14 @@ void decoder::server(json::value const& v, std::string const& path, server_confi
           {"requestBodyLimitBytes", u32(s.request_body_limit_bytes)},
           {"threads", u32(s.threads)},
           {"maxConnections", u32(s.max_connections)},
+          {"maxConnectionsPerClient", u32(s.max_connections_per_client)},
           {"maxHeaderBytes", u32(s.max_header_bytes)},
           {"maxHeaders", u32(s.max_headers)},
           {"maxTargetBytes", u32(s.max_target_bytes)},
           {"headersTimeoutMs", u32(s.headers_timeout_ms)},
+          {"headersTimeoutUnderPressureMs", u32(s.headers_timeout_under_pressure_ms)},
           {"bodyTimeoutMs", u32(s.body_timeout_ms)},
+          {"minBodyBytesPerSecond", u32(s.min_body_bytes_per_second)},
           {"keepAliveTimeoutMs", u32(s.keep_alive_timeout_ms)},
           {"maxRequestsPerConnection", u32(s.max_requests_per_connection)},
           {"sseKeepAliveMs", u32(s.sse_keep_alive_ms)},
@@ -397,7 +427,7 @@ void decoder::adapter(json::value const& v, std::string const& path, adapter_con
 
 void decoder::launch(json::value const& v, std::string const& path, std::optional<launch_profile>& lp) {
   if (v.is_null()) return lp.reset(), mark(path);
-  if (!v.is_object()) return fail(path, "expected an object, got " + show(v));
+  if (!v.is_object()) return fail(path, "expected an object, got " + show(v, path));
   if (!lp) {
     // Created by this layer: the fields it does not name are built-in defaults attributed to it.
     lp.emplace();
@@ -434,7 +464,7 @@ void decoder::launch(json::value const& v, std::string const& path, std::optiona
 }
 
 void decoder::warmups(json::value const& v, std::string const& path, std::vector<warmup_request>& out) {
-  if (!v.is_array()) return fail(path, "expected an array of objects, got " + show(v));
+  if (!v.is_array()) return fail(path, "expected an array of objects, got " + show(v, path));
   std::vector<warmup_request> list;
   for (std::size_t i = 0; i < v.get_array().size() && !err_; ++i) {
     warmup_request w;
@@ -476,9 +506,11 @@ void decoder::cache(json::value const& v, std::string const& path, cache_config&
           {"maxEntries", u32(c.max_entries)},
           {"maxBytes", u64(c.max_bytes)},
           {"ttlMs", u32(c.ttl_ms)},
-          {"keyStrategy", choice<cache_key_strategy>(c.key_strategy,
-                                                     {{"input", cache_key_strategy::input},
-                                                      {"input+params", cache_key_strategy::input_params}})}});
+          {"keyStrategy",
+           choice<cache_key_strategy>(c.key_strategy, {{"input", cache_key_strategy::input},
+                                                       {"input+params", cache_key_strategy::input_params}})},
+          {"scope",
+           choice<cache_scope>(c.scope, {{"global", cache_scope::global}, {"key", cache_scope::key}})}});
 }
 
 void decoder::degradation(json::value const& v, std::string const& path, degradation_config& g) {
@@ -510,7 +542,7 @@ void decoder::prompts(json::value const& v, std::string const& path,
                       std::map<std::string, template_config>& t) {
   object(v, path, {{"templates", [&](json::value const& tv, std::string const& tp) {
                       if (!tv.is_object())
-                        return fail(tp, "expected an object of templates, got " + show(tv));
+                        return fail(tp, "expected an object of templates, got " + show(tv, tp));
                       for (auto const& [id, body] : tv.get_object()) {
                         if (err_) return;
                         auto p = join(tp, id);
@@ -519,7 +551,7 @@ void decoder::prompts(json::value const& v, std::string const& path,
                           one_template(body, p, it->second);
                           continue;
                         }
-                        if (!body.is_object()) return fail(p, "expected an object, got " + show(body));
+                        if (!body.is_object()) return fail(p, "expected an object, got " + show(body, p));
                         for (std::string_view required : {"family", "lane", "input", "variables"})
                           if (!body.get_object().contains(required))
                             return fail(p, "missing required key \"" + std::string(required) + "\"");

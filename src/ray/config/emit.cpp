@@ -169,11 +169,14 @@ boost::json::object to_json(config const& c) {
                               {"requestBodyLimitBytes", s.request_body_limit_bytes},
                               {"threads", s.threads},
                               {"maxConnections", s.max_connections},
+                              {"maxConnectionsPerClient", s.max_connections_per_client},
                               {"maxHeaderBytes", s.max_header_bytes},
                               {"maxHeaders", s.max_headers},
                               {"maxTargetBytes", s.max_target_bytes},
                               {"headersTimeoutMs", s.headers_timeout_ms},
+                              {"headersTimeoutUnderPressureMs", s.headers_timeout_under_pressure_ms},
                               {"bodyTimeoutMs", s.body_timeout_ms},
+                              {"minBodyBytesPerSecond", s.min_body_bytes_per_second},
                               {"keepAliveTimeoutMs", s.keep_alive_timeout_ms},
                               {"maxRequestsPerConnection", s.max_requests_per_connection},
                               {"sseKeepAliveMs", s.sse_keep_alive_ms},
@@ -208,7 +211,8 @@ boost::json::object to_json(config const& c) {
                              {"maxEntries", c.cache.max_entries},
                              {"maxBytes", c.cache.max_bytes},
                              {"ttlMs", c.cache.ttl_ms},
-                             {"keyStrategy", cache_key_strategy_name(c.cache.key_strategy)}}},
+                             {"keyStrategy", cache_key_strategy_name(c.cache.key_strategy)},
+                             {"scope", cache_scope_name(c.cache.scope)}}},
       {"gracefulDegradation",
        json::object{{"enabled", g.enabled},
                     {"queueDepthThreshold", g.queue_depth_threshold},
@@ -259,8 +263,6 @@ boost::json::object to_json(config const& c) {
   };
 }
 
-namespace {
-// A llama-server flag whose value is a credential (--api-key, --hf-token, -hft, …).
 bool is_secret_flag(std::string_view flag) {
   std::string lower;
   for (char ch : flag)
@@ -270,6 +272,22 @@ bool is_secret_flag(std::string_view flag) {
   return lower == "-hft";
 }
 
+std::vector<std::string> secret_arg_values(std::span<std::string const> args) {
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    std::string_view arg = args[i];
+    if (!arg.starts_with("-")) continue;
+    if (auto eq = arg.find('='); eq != std::string_view::npos) {
+      if (is_secret_flag(arg.substr(0, eq)) && eq + 1 < arg.size()) out.emplace_back(arg.substr(eq + 1));
+    } else if (is_secret_flag(arg) && i + 1 < args.size()) {
+      out.push_back(args[++i]);  // whatever it looks like: llama-server takes the next argument as the value
+    }
+  }
+  return out;
+}
+
+namespace {
+
 // launchProfile.extraArgs with the value of every secret-bearing flag ("--api-key X", "--api-key=X")
 // redacted.
 void redact_extra_args(json::array& args) {
@@ -278,11 +296,11 @@ void redact_extra_args(json::array& args) {
     if (!v.is_string()) continue;
     std::string_view arg = v.as_string();
     if (redact_next) {
+      // The value of a secret flag, whatever it looks like ("-abc" too): llama-server takes the next
+      // argument.
       redact_next = false;
-      if (!arg.starts_with("-")) {
-        v = "[redacted]";
-        continue;
-      }
+      v = "[redacted]";
+      continue;
     }
     if (!arg.starts_with("-")) continue;
     auto eq = arg.find('=');

@@ -40,6 +40,10 @@ std::string_view cache_key_strategy_name(cache_key_strategy k) noexcept {
   return k == cache_key_strategy::input ? "input" : "input+params";
 }
 
+std::string_view cache_scope_name(cache_scope s) noexcept {
+  return s == cache_scope::global ? "global" : "key";
+}
+
 std::string_view lane_name(lane l) noexcept {
   return l == lane::short_lane ? "short" : "draft";
 }
@@ -176,6 +180,7 @@ config from_row(row const& r) {
   c.cache.max_bytes = r.cache_bytes;
   c.cache.ttl_ms = r.cache_ttl_ms;
   c.cache.key_strategy = cache_key_strategy::input_params;
+  c.cache.scope = cache_scope::key;
 
   auto& g = c.graceful_degradation;
   g.enabled = true;

@@ -187,6 +187,17 @@ std::size_t utf8_sequence_at(std::string_view s, std::size_t i) noexcept {
   return len;
 }
 
+std::string redact_all(std::string text, std::span<std::string const> secrets) {
+  static constexpr std::string_view redacted = "[redacted]";
+  for (auto const& secret : secrets) {
+    if (secret.empty()) continue;
+    for (auto pos = text.find(secret); pos != std::string::npos;
+         pos = text.find(secret, pos + redacted.size()))
+      text.replace(pos, secret.size(), redacted);
+  }
+  return text;
+}
+
 bool is_valid_utf8(std::string_view s) noexcept {
   for (std::size_t i = 0; i < s.size();) {
     auto const n = utf8_sequence_at(s, i);

@@ -121,6 +121,9 @@ std::size_t utf8_safe_prefix(std::string_view utf8, std::size_t max_bytes) noexc
 // Length (1–4) of the well-formed UTF-8 sequence starting at s[i]; 0 when none starts there (an overlong
 // form, a surrogate, a code point above U+10FFFF, a truncated or stray byte) or i is past the end.
 std::size_t utf8_sequence_at(std::string_view s, std::size_t i) noexcept;
+// `text` with every occurrence of every secret replaced by "[redacted]" (empty secrets are skipped). Scrub
+// before cutting an excerpt, so that a secret cut at the excerpt's end cannot survive in part.
+std::string redact_all(std::string text, std::span<std::string const> secrets);
 // Whether `s` is well-formed UTF-8 throughout.
 bool is_valid_utf8(std::string_view s) noexcept;
 

@@ -39,14 +39,25 @@ using field = beast::http::field;
 using verb = beast::http::verb;
 
 // Every bound is named after its config key (server.*). Times in milliseconds.
+//
+// Slow clients (slowloris): under connection pressure (open connections >= 90 % of max_connections) a
+// connection still waiting for its header section gets headers_timeout_under_pressure_ms instead of
+// headers_timeout_ms; at max_connections a new connection sheds an idle keep-alive connection, else the one
+// longest in its header phase, and only when neither exists is it refused (503 overloaded); a direct client
+// address may hold max_connections_per_client connections (429 beyond, trusted proxies exempt); a request
+// body slower than min_body_bytes_per_second after its first second is answered 408. The read buffer of a
+// connection is bounded by max_header_bytes + request_body_limit_bytes + 8 KiB.
 struct limits {
   std::uint32_t max_connections{256};
+  std::uint32_t max_connections_per_client{64};
   std::uint32_t max_header_bytes{12'288};
   std::uint32_t max_headers{64};
   std::uint32_t max_target_bytes{8192};
   std::uint32_t request_body_limit_bytes{32'000};
   std::uint32_t headers_timeout_ms{15'000};
+  std::uint32_t headers_timeout_under_pressure_ms{2'000};
   std::uint32_t body_timeout_ms{30'000};
+  std::uint32_t min_body_bytes_per_second{1024};  // 0: off
   std::uint32_t keep_alive_timeout_ms{75'000};
   std::uint32_t write_timeout_ms{30'000};  // a client that does not read its response is dropped
   std::uint32_t max_requests_per_connection{1000};
@@ -131,12 +142,22 @@ class handler {
 
   // Handles a complete request. Must call ex.respond() exactly once unless it throws.
   virtual asio::awaitable<void> handle(exchange& ex) = 0;
+
+  // Whom a new connection from `peer` counts against for server.maxConnectionsPerClient: a key (normally
+  // the address), or nullopt for a peer that is exempt (a trusted proxy carries many clients).
+  virtual std::optional<std::string> connection_owner(asio::ip::address const& peer) {
+    return peer.to_string();
+  }
 };
 
 struct server_stats {
   std::atomic<std::uint32_t> connections{0};
   std::atomic<std::uint32_t> active_requests{0};
-  std::atomic<std::uint64_t> rejected_connections{0};
+  std::atomic<std::uint64_t> rejected_connections{0};  // at max_connections with nothing to shed
+  std::atomic<std::uint64_t> rejected_per_client{0};   // over max_connections_per_client
+  std::atomic<std::uint64_t> shed_connections{0};      // closed to make room for a new connection
+  std::atomic<std::uint64_t> slow_header_timeouts{0};  // 408: header section too slow
+  std::atomic<std::uint64_t> slow_body_timeouts{0};    // 408: body too slow or past its deadline
 };
 
 class server {
@@ -160,6 +181,8 @@ class server {
   void stop();
 
   server_stats const& stats() const noexcept { return stats_; }
+  // Open connections >= 90 % of max_connections (http-api.md §7: `gateway_http_pressure`).
+  bool under_pressure() const noexcept;
   limits const& current_limits() const noexcept { return limits_; }
   // Replaces the limits for new requests (SIGHUP reload).
   void set_limits(limits lim);

@@ -32,9 +32,28 @@ constexpr auto no_deadline = steady::time_point::max();
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
 std::chrono::milliseconds watchdog_tick(limits const& lim) {
-  std::uint32_t shortest = std::min(
-      {lim.headers_timeout_ms, lim.body_timeout_ms, lim.keep_alive_timeout_ms, lim.write_timeout_ms});
+  std::uint32_t shortest = std::min({lim.headers_timeout_ms, lim.headers_timeout_under_pressure_ms,
+                                     lim.body_timeout_ms, lim.keep_alive_timeout_ms, lim.write_timeout_ms});
   return std::chrono::milliseconds(std::clamp<std::uint32_t>(shortest / 4, 5, 1000));
+}
+// While a body is read and a minimum rate applies, the watchdog looks this often; the rate is judged from the
+// body phase's first second on.
+constexpr auto body_rate_tick = std::chrono::milliseconds(250);
+constexpr auto body_rate_grace = std::chrono::seconds(1);
+// A connection this young is never shed for being in its header phase: under a burst of accepts its session
+// may not have read the request that is already waiting in its socket (found by the slowloris soak: a client
+// that sent its whole header section at once was shed before Ray looked at it).
+constexpr auto shed_min_header_age = std::chrono::milliseconds(20);
+
+// Writes a small, complete response without waiting: a socket's send buffer takes it at once (whatever does
+// not fit is dropped — never wait on a client that is being turned away). The caller closes the socket.
+void write_now(tcp::socket& sock, response& res) {
+  res.keep_alive(false);
+  res.prepare_payload();
+  boost::system::error_code ec;
+  sock.non_blocking(true, ec);  // no effect on the socket's pending asynchronous operations
+  beast::http::response_serializer<beast::http::string_body> sr{res};
+  beast::http::write(sock, sr, ec);
 }
 
 bool is_valid_port(std::string_view p) noexcept {
@@ -106,11 +125,20 @@ bool is_valid_host(std::string_view host) noexcept {
 
 class connection {
  public:
-  connection(server& srv, tcp::socket sock)
+  // Where a session is, for the watchdog's slow-client rules and for choosing whom to shed.
+  enum class phase : std::uint8_t {
+    header,  // awaiting (the rest of) a request's header section
+    body,    // reading its body
+    busy,    // handling it, answering, or closing
+    idle,    // keep-alive, between requests
+  };
+
+  connection(server& srv, tcp::socket sock, std::string owner)
       : srv_(srv),
         socket_(std::move(sock)),
         timer_(socket_.get_executor()),
-        tick_(watchdog_tick(srv.limits_)) {}
+        tick_(watchdog_tick(srv.limits_)),
+        owner_(std::move(owner)) {}
 
   asio::awaitable<void> run(std::shared_ptr<connection> self);
   asio::awaitable<void> watchdog(std::shared_ptr<connection> self);
@@ -119,6 +147,16 @@ class connection {
     timed_out_ = false;
     deadline_ = steady::now() + std::chrono::milliseconds(ms);
   }
+  void enter(phase p) noexcept {
+    phase_ = p;
+    phase_since_ = steady::now();
+  }
+  // Whether the watchdog must end the current operation now: its deadline passed, or a slow-client rule
+  // (a header section slower than the pressure deadline, a body slower than the minimum rate) applies.
+  bool expired(steady::time_point now) noexcept;
+  // Closes this connection to make room for a new one; a client still sending its header section is told
+  // why (503 with Retry-After), an idle keep-alive one is closed as HTTP allows at any time.
+  void shed();
   void clear_deadline() noexcept { deadline_ = no_deadline; }
 
   // Writes a complete response. Returns false when the connection broke or the write timed out.
@@ -151,6 +189,7 @@ class connection {
  private:
   friend class exchange;
   friend class server;
+  friend struct server::impl;
   asio::awaitable<bool> answer_error(ray::error const& err, request_header const* header,
                                      std::string_view path, std::string const& request_id);
 
@@ -169,6 +208,12 @@ class connection {
   // Per request: HTTP/1.1 or later (an interim 1xx may be sent), and whether a response head went out.
   bool interim_ok_{false};
   bool head_sent_{false};
+  phase phase_{phase::header};  // a new connection awaits its first header section
+  steady::time_point phase_since_{steady::now()};
+  std::uint64_t body_bytes_{0};   // read so far in the body phase
+  bool pressure_expired_{false};  // the header deadline that ended it was the pressure one
+  bool slow_body_{false};         // the body fell below server.minBodyBytesPerSecond
+  std::string owner_;             // server.maxConnectionsPerClient key; "" = exempt
 };
 
 struct server::impl {
@@ -177,10 +222,35 @@ struct server::impl {
   tcp::acceptor acceptor;
   std::atomic<bool> draining{false};
   std::atomic<bool> stopped{false};
-  std::mutex mu;  // guards `live` (touched on connection start/end and drain/stop only)
+  std::mutex mu;  // guards `live` and `per_client` (touched on connection start/end, drain/stop, shedding)
   std::unordered_map<connection*, std::weak_ptr<connection>> live;
+  std::unordered_map<std::string, std::uint32_t> per_client;  // open connections by owner (none exempt)
 
   impl(asio::io_context& io, handler& hh) : ioc(io), h(hh), acceptor(io) {}
+
+  // Whom to shed at the connection cap: the oldest idle keep-alive connection, else the one longest (and at
+  // least shed_min_header_age) in its header phase; null when every connection is reading a body, being
+  // served, or too new to judge.
+  std::shared_ptr<connection> shed_candidate() {
+    std::shared_ptr<connection> best;
+    auto const young = steady::now() - shed_min_header_age;
+    std::lock_guard lock(mu);
+    for (auto& [_, w] : live) {
+      auto c = w.lock();
+      if (!c || c->closed_) continue;
+      auto const p = c->phase_;
+      if (p != connection::phase::idle && p != connection::phase::header) continue;
+      if (p == connection::phase::header && c->phase_since_ > young) continue;
+      if (!best) {
+        best = std::move(c);
+        continue;
+      }
+      bool const idle = p == connection::phase::idle;
+      bool const best_idle = best->phase_ == connection::phase::idle;
+      if (idle != best_idle ? idle : c->phase_since_ < best->phase_since_) best = std::move(c);
+    }
+    return best;
+  }
 
   void for_each_live(auto fn) {
     std::vector<std::shared_ptr<connection>> conns;
@@ -198,19 +268,56 @@ bool connection::draining() const noexcept {
   return srv_.impl_->draining;
 }
 
+bool connection::expired(steady::time_point now) noexcept {
+  if (now >= deadline_) return true;
+  limits const& lim = srv_.limits_;
+  if (phase_ == phase::header && srv_.under_pressure() &&
+      now - phase_since_ >= std::chrono::milliseconds(lim.headers_timeout_under_pressure_ms)) {
+    pressure_expired_ = true;
+    return true;
+  }
+  if (phase_ == phase::body && lim.min_body_bytes_per_second > 0) {
+    auto const elapsed = now - phase_since_;
+    if (elapsed >= body_rate_grace &&
+        static_cast<double>(body_bytes_) <
+            lim.min_body_bytes_per_second * std::chrono::duration<double>(elapsed).count()) {
+      slow_body_ = true;
+      return true;
+    }
+  }
+  return false;
+}
+
 asio::awaitable<void> connection::watchdog(std::shared_ptr<connection> self) {
   (void)self;  // keeps the connection alive while the watchdog runs
   while (!closed_) {
-    timer_.expires_after(tick_);
+    bool const rate_watch = phase_ == phase::body && srv_.limits_.min_body_bytes_per_second > 0;
+    timer_.expires_after(rate_watch ? std::min<std::chrono::milliseconds>(tick_, body_rate_tick) : tick_);
     co_await timer_.async_wait(use_tuple);
     if (closed_) break;
-    if (steady::now() >= deadline_) {
+    if (expired(steady::now())) {
       timed_out_ = true;
       deadline_ = no_deadline;
+      phase_ = phase::busy;  // answering the timeout: no slow-client rule applies to that
       boost::system::error_code ec;
       socket_.cancel(ec);
     }
   }
+}
+
+void connection::shed() {
+  if (closed_) return;
+  if (phase_ == phase::header) {
+    response res = srv_.impl_->h.error_response(
+        {errc::overloaded, "the server is at server.maxConnections (" +
+                               std::to_string(srv_.limits_.max_connections) +
+                               ") and this connection had not sent a complete request header section; "
+                               "retry shortly"},
+        nullptr, {}, request_started_);
+    res.set("x-request-id", new_request_id());
+    write_now(socket_, res);
+  }
+  close();
 }
 
 asio::awaitable<bool> connection::write_response(response& res, bool head_only, bool close,
@@ -312,8 +419,13 @@ asio::awaitable<void> connection::run(std::shared_ptr<connection> self) {
     ~accounting() {
       c.close();
       {
-        std::lock_guard lock(c.srv_.impl_->mu);
-        c.srv_.impl_->live.erase(&c);
+        auto& im = *c.srv_.impl_;
+        std::lock_guard lock(im.mu);
+        im.live.erase(&c);
+        if (!c.owner_.empty()) {
+          auto it = im.per_client.find(c.owner_);
+          if (it != im.per_client.end() && --it->second == 0) im.per_client.erase(it);
+        }
       }
       c.srv_.stats_.connections.fetch_sub(1, std::memory_order_relaxed);
     }
@@ -330,12 +442,15 @@ asio::awaitable<void> connection::run(std::shared_ptr<connection> self) {
       // Keep-alive idle: wait for the next request's first byte, or close quietly after the idle timeout.
       if (impl.draining) break;
       idle_ = true;
+      enter(phase::idle);
       set_deadline(lim.keep_alive_timeout_ms);
       auto [ec] = co_await socket_.async_wait(tcp::socket::wait_read, use_tuple);
       idle_ = false;
       if (ec || closed_ || impl.draining) break;
     }
 
+    if (n > 1) enter(phase::header);  // the first request's header phase began when the connection opened
+    pressure_expired_ = false;
     set_deadline(lim.headers_timeout_ms);
     extra_.clear();
     request_started_ = steady::now();
@@ -349,10 +464,15 @@ asio::awaitable<void> connection::run(std::shared_ptr<connection> self) {
       if (closed_) break;
       if (timed_out_) {
         request_id = new_request_id();
-        co_await answer_error(
-            {errc::request_read_timeout, "the request header section did not arrive within " +
-                                             std::to_string(lim.headers_timeout_ms) + " ms"},
-            nullptr, {}, request_id);
+        srv_.stats_.slow_header_timeouts.fetch_add(1, std::memory_order_relaxed);
+        std::string why =
+            pressure_expired_
+                ? "the request header section did not arrive within " +
+                      std::to_string(lim.headers_timeout_under_pressure_ms) +
+                      " ms (server.headersTimeoutUnderPressureMs: the server is near server.maxConnections)"
+                : "the request header section did not arrive within " +
+                      std::to_string(lim.headers_timeout_ms) + " ms";
+        co_await answer_error({errc::request_read_timeout, std::move(why)}, nullptr, {}, request_id);
         break;
       }
       if (rec == beast::http::error::end_of_stream || rec == asio::error::eof ||
@@ -372,6 +492,7 @@ asio::awaitable<void> connection::run(std::shared_ptr<connection> self) {
       break;
     }
 
+    enter(phase::busy);
     request& req = parser.get();
     {
       auto incoming = req["x-request-id"];
@@ -518,14 +639,30 @@ asio::awaitable<void> connection::run(std::shared_ptr<connection> self) {
     if (body_pending) {
       set_deadline(lim.body_timeout_ms);
       parser.body_limit(lim.request_body_limit_bytes);
-      auto [bec, bn] = co_await beast::http::async_read(socket_, buffer_, parser, use_tuple);
-      (void)bn;
+      // Read piece by piece so the watchdog can judge the body's rate (server.minBodyBytesPerSecond).
+      enter(phase::body);
+      body_bytes_ = 0;
+      slow_body_ = false;
+      boost::system::error_code bec;
+      while (!parser.is_done()) {
+        auto [ec, got] = co_await beast::http::async_read_some(socket_, buffer_, parser, use_tuple);
+        body_bytes_ += got;
+        if (ec) {
+          bec = ec;
+          break;
+        }
+      }
+      enter(phase::busy);
       if (bec) {
         if (closed_) break;
         if (timed_out_) {
-          co_await answer_error({errc::request_read_timeout, "the request body did not arrive within " +
-                                                                 std::to_string(lim.body_timeout_ms) + " ms"},
-                                &req.base(), path, request_id);
+          srv_.stats_.slow_body_timeouts.fetch_add(1, std::memory_order_relaxed);
+          std::string why =
+              slow_body_
+                  ? "the request body arrived slower than server.minBodyBytesPerSecond (" +
+                        std::to_string(lim.min_body_bytes_per_second) + " bytes/s)"
+                  : "the request body did not arrive within " + std::to_string(lim.body_timeout_ms) + " ms";
+          co_await answer_error({errc::request_read_timeout, std::move(why)}, &req.base(), path, request_id);
         } else if (bec == beast::http::error::body_limit || bec == beast::http::error::buffer_overflow) {
           co_await answer_error(
               {errc::body_too_large,
@@ -656,19 +793,19 @@ void server::set_limits(limits lim) {
   limits_ = lim;
 }
 
+bool server::under_pressure() const noexcept {
+  return std::uint64_t{stats_.connections.load(std::memory_order_relaxed)} * 10 >=
+         std::uint64_t{limits_.max_connections} * 9;
+}
+
 namespace {
-asio::awaitable<void> reject_connection(tcp::socket sock, response res) {
-  res.keep_alive(false);
+// A fresh socket's send buffer takes this small response at once; never wait on a client here.
+void reject_connection(tcp::socket& sock, response res) {
   res.set("x-request-id", new_request_id());
-  res.prepare_payload();
-  // A fresh socket's send buffer takes this small response at once; never wait on a client here.
+  write_now(sock, res);
   boost::system::error_code ec;
-  sock.non_blocking(true, ec);
-  beast::http::response_serializer<beast::http::string_body> sr{res};
-  beast::http::write(sock, sr, ec);
   sock.shutdown(tcp::socket::shutdown_both, ec);
   sock.close(ec);
-  co_return;
 }
 }  // namespace
 
@@ -691,21 +828,52 @@ asio::awaitable<void> server::accept_loop() {
       }
       boost::system::error_code oec;
       sock.set_option(tcp::no_delay(true), oec);
-      if (self.stats_.connections.load(std::memory_order_relaxed) >= self.limits_.max_connections) {
-        self.stats_.rejected_connections.fetch_add(1, std::memory_order_relaxed);
-        response res = im.h.error_response(
-            {errc::overloaded, "too many open connections (server.maxConnections = " +
-                                   std::to_string(self.limits_.max_connections) + "); retry shortly"},
-            nullptr, {}, steady::now());
-        auto ex = sock.get_executor();
-        asio::co_spawn(ex, reject_connection(std::move(sock), std::move(res)), asio::detached);
-        continue;
+      limits const& lim = self.limits_;
+      // One direct client address may not hold every connection (trusted proxies are exempt).
+      std::string owner;
+      {
+        boost::system::error_code pec;
+        auto const peer = sock.remote_endpoint(pec);
+        if (!pec)
+          if (auto o = im.h.connection_owner(peer.address())) owner = std::move(*o);
+      }
+      if (!owner.empty()) {
+        std::lock_guard lock(im.mu);
+        auto const it = im.per_client.find(owner);
+        if (it != im.per_client.end() && it->second >= lim.max_connections_per_client) {
+          self.stats_.rejected_per_client.fetch_add(1, std::memory_order_relaxed);
+          ray::error err{errc::rate_limited,
+                         "too many open connections from this client address "
+                         "(server.maxConnectionsPerClient = " +
+                             std::to_string(lim.max_connections_per_client) +
+                             "); reuse a kept-alive connection or retry shortly"};
+          err.retry_after_ms = 1000;
+          reject_connection(sock, im.h.error_response(err, nullptr, {}, steady::now()));
+          continue;
+        }
+      }
+      if (self.stats_.connections.load(std::memory_order_relaxed) >= lim.max_connections) {
+        // At the cap: make room by closing the connection that costs the others most and is worth least —
+        // an idle keep-alive one, else the one longest in its header phase (a slowloris trickling bytes).
+        if (auto victim = im.shed_candidate()) {
+          self.stats_.shed_connections.fetch_add(1, std::memory_order_relaxed);
+          victim->shed();
+        } else {
+          self.stats_.rejected_connections.fetch_add(1, std::memory_order_relaxed);
+          reject_connection(
+              sock, im.h.error_response(
+                        {errc::overloaded, "too many open connections (server.maxConnections = " +
+                                               std::to_string(lim.max_connections) + "); retry shortly"},
+                        nullptr, {}, steady::now()));
+          continue;
+        }
       }
       self.stats_.connections.fetch_add(1, std::memory_order_relaxed);
-      auto conn = std::make_shared<connection>(self, std::move(sock));
+      auto conn = std::make_shared<connection>(self, std::move(sock), owner);
       {
         std::lock_guard lock(im.mu);
         im.live.emplace(conn.get(), conn);
+        if (!owner.empty()) ++im.per_client[owner];
       }
       auto ex = conn->socket_.get_executor();
       // Both catch nothing: run() accounts for itself in every outcome (see connection::run); an exception

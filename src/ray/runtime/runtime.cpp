@@ -756,6 +756,7 @@ asio::awaitable<result<infer_result>> runtime::chat_body(chat_request req, strea
     cache::request_key_fields f;
     f.route = req.prompt ? "completions" : "chat";
     f.model_id = cfg_.model.id;
+    if (cfg_.cache.scope == config::cache_scope::key) f.scope = req.caller;
     f.backend_identity = im.desc.identity;
     f.input = req.canonical;
     f.seed = req.seed;
@@ -1001,6 +1002,7 @@ asio::awaitable<result<infer_result>> runtime::infer_body(infer_request req) {
     cache::request_key_fields f;
     f.route = "infer";
     f.model_id = cfg_.model.id;
+    if (cfg_.cache.scope == config::cache_scope::key) f.scope = req.caller;
     f.backend_identity = im.desc.identity;
     f.system = compiled.system;
     f.input = compiled.input;

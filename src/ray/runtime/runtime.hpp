@@ -46,7 +46,8 @@ struct infer_request {
   bool cache{true};
   std::optional<std::string> dedupe_key{};
   // Who asks (opaque; "" when auth is off): a client's dedupeKey is joined only with the same caller's
-  // requests, so one API key cannot receive another's answer by reusing its dedupeKey.
+  // requests, so one API key cannot receive another's answer by reusing its dedupeKey; with
+  // cache.scope = key the cache and identical-request dedupe are scoped to it too.
   std::string caller{};
   std::map<std::string, std::string> metadata{};
   std::optional<std::string> template_id{};
@@ -67,6 +68,7 @@ struct chat_request {
   bool cacheable{false};        // temperature 0 or a seed (and no tools), or x-ray-cache: on
   std::string canonical{};      // canonical messages or prompt (cache key)
   std::string extra_key{};      // canonical text of `extra` (cache key)
+  std::string caller{};         // as infer_request::caller (cache.scope = key)
 };
 
 struct degradation_report {
