@@ -104,26 +104,6 @@ ray::config::config fuzz_config() {
   return cfg;
 }
 
-// The server limits of a config, as serve() derives them.
-ray::http::limits limits_of(ray::config::server_config const& s) {
-  ray::http::limits l;
-  l.max_connections = s.max_connections;
-  l.max_connections_per_client = s.max_connections_per_client;
-  l.max_header_bytes = s.max_header_bytes;
-  l.max_headers = s.max_headers;
-  l.max_target_bytes = s.max_target_bytes;
-  l.request_body_limit_bytes = s.request_body_limit_bytes;
-  l.headers_timeout_ms = s.headers_timeout_ms;
-  l.headers_timeout_under_pressure_ms = s.headers_timeout_under_pressure_ms;
-  l.body_timeout_ms = s.body_timeout_ms;
-  l.min_body_bytes_per_second = s.min_body_bytes_per_second;
-  l.keep_alive_timeout_ms = s.keep_alive_timeout_ms;
-  l.write_timeout_ms = std::max(s.body_timeout_ms, 1000u);
-  l.max_requests_per_connection = s.max_requests_per_connection;
-  l.threads = s.threads;
-  return l;
-}
-
 // The long-lived in-process gateway. Members are in construction order (each refers to those above it).
 struct gateway {
   ray::config::loaded_config loaded{fuzz_config(), {}, {}};
@@ -153,7 +133,7 @@ struct gateway {
         std::make_unique<ray::access::rate_limiter>(loaded.cfg.rate_limit, ray::system_clock());
     app.access.proxies = std::move(*proxies);
     router.emplace(app);
-    server.emplace(ioc, *router, limits_of(loaded.cfg.server));
+    server.emplace(ioc, *router, ray::api::limits_from(loaded.cfg.server));
     app.server = &*server;
     auto ep = server->listen("127.0.0.1", 0);
     if (!ep) fail("cannot listen on 127.0.0.1");

@@ -39,4 +39,7 @@ struct serve_options {
 };
 int serve(config::loaded_config loaded, serve_options opts = {});
 
+// The HTTP server's limits of a config's server section (serve() and a SIGHUP reload use it).
+http::limits limits_from(config::server_config const& s);
+
 }  // namespace ray::api

@@ -100,25 +100,6 @@ boost::json::object access_summary(access_state const& acc) {
   return f;
 }
 
-http::limits limits_from(config::server_config const& s) {
-  http::limits l;
-  l.max_connections = s.max_connections;
-  l.max_connections_per_client = s.max_connections_per_client;
-  l.max_header_bytes = s.max_header_bytes;
-  l.max_headers = s.max_headers;
-  l.max_target_bytes = s.max_target_bytes;
-  l.request_body_limit_bytes = s.request_body_limit_bytes;
-  l.headers_timeout_ms = s.headers_timeout_ms;
-  l.headers_timeout_under_pressure_ms = s.headers_timeout_under_pressure_ms;
-  l.body_timeout_ms = s.body_timeout_ms;
-  l.min_body_bytes_per_second = s.min_body_bytes_per_second;
-  l.keep_alive_timeout_ms = s.keep_alive_timeout_ms;
-  l.write_timeout_ms = std::max(s.body_timeout_ms, 1000u);
-  l.max_requests_per_connection = s.max_requests_per_connection;
-  l.threads = s.threads;
-  return l;
-}
-
 boost::asio::awaitable<void> shutdown_sequence(app& a, http::server& srv, boost::asio::io_context& ioc) {
   auto const grace = std::chrono::milliseconds(a.cfg().server.shutdown_grace_ms);
   auto const deadline = std::chrono::steady_clock::now() + grace;
@@ -261,6 +242,25 @@ boost::asio::awaitable<void> summary_ticker(app& a, boost::asio::io_context& ioc
 }
 
 }  // namespace
+
+http::limits limits_from(config::server_config const& s) {
+  http::limits l;
+  l.max_connections = s.max_connections;
+  l.max_connections_per_client = s.max_connections_per_client;
+  l.max_header_bytes = s.max_header_bytes;
+  l.max_headers = s.max_headers;
+  l.max_target_bytes = s.max_target_bytes;
+  l.request_body_limit_bytes = s.request_body_limit_bytes;
+  l.headers_timeout_ms = s.headers_timeout_ms;
+  l.headers_timeout_under_pressure_ms = s.headers_timeout_under_pressure_ms;
+  l.body_timeout_ms = s.body_timeout_ms;
+  l.min_body_bytes_per_second = s.min_body_bytes_per_second;
+  l.keep_alive_timeout_ms = s.keep_alive_timeout_ms;
+  l.write_timeout_ms = std::max(s.body_timeout_ms, 1000u);
+  l.max_requests_per_connection = s.max_requests_per_connection;
+  l.threads = s.threads;
+  return l;
+}
 
 int serve(config::loaded_config loaded, serve_options opts) {
   // A client or log reader that goes away must not kill the process: writes report EPIPE instead.
