@@ -15,6 +15,7 @@
 // Loopback is a trusted proxy by default, so server.maxConnectionsPerClient does not apply here (it is tested
 // in http_limits_test): this run is about shedding and deadlines.
 #include "integration/http_test_util.hpp"
+#include "soak/soak_support.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -45,26 +46,6 @@ using tcp = asio::ip::tcp;
 using steady = std::chrono::steady_clock;
 using namespace asio::experimental::awaitable_operators;
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
-
-int env_int(char const* name, int fallback) {
-  char const* v = std::getenv(name);
-  if (v == nullptr || *v == '\0') return fallback;
-  return std::atoi(v);
-}
-
-// Peak resident set (VmHWM) of a process in MiB (-1 when unreadable).
-double peak_rss_mib(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.starts_with("VmHWM:")) return std::stod(line.substr(6)) / 1024.0;
-  return -1;
-}
-
-bool sanitizer_report(std::string const& text) {
-  return text.find("AddressSanitizer") != std::string::npos ||
-         text.find("LeakSanitizer") != std::string::npos || text.find("runtime error:") != std::string::npos;
-}
 
 enum class slow_kind { header, body };
 
@@ -163,11 +144,7 @@ asio::awaitable<void> slow_client(tcp::endpoint ep, slow_kind kind, steady::time
 
 TEST(Slowloris, SlowHeaderAndBodyConnectionsDoNotStopANormalClient) {
   int const seconds = std::max(5, env_int("RAY_SLOWLORIS_SECONDS", 20));
-#ifdef RAY_SANITIZED
-  bool const sanitized_ray = std::getenv("RAY_TEST_BINARY") == nullptr;
-#else
-  bool const sanitized_ray = false;
-#endif
+  bool const sanitized_ray = ray::itest::sanitized_ray();
   int const rss_bound = env_int("RAY_SLOWLORIS_RSS_MIB", sanitized_ray ? 256 : 24);
   // The acceptance figure (p99 < 100 ms) holds for the Release binary, which CI runs too (RAY_TEST_BINARY).
   // An ASan + UBSan `ray` accepts several times slower, and every new connection waits in the kernel's FIFO
@@ -214,7 +191,7 @@ TEST(Slowloris, SlowHeaderAndBodyConnectionsDoNotStopANormalClient) {
   double peak = 0;
   std::thread sampler([&] {
     while (!stop) {
-      peak = std::max(peak, peak_rss_mib(srv.process().pid()));
+      peak = std::max(peak, rss_mib(srv.process().pid()).first);
       std::this_thread::sleep_for(200ms);  // sampling interval, not a stand-in for an event
     }
   });

@@ -10,6 +10,7 @@
 // the per-route/per-status counters of /metrics are at least what the clients saw and at most what they sent,
 // a new request is answered 200, no sanitizer report is printed, and SIGTERM ends each with status 0.
 #include "integration/fake_llama.hpp"
+#include "soak/soak_support.hpp"
 
 #include <csignal>
 #include <cstdlib>
@@ -23,24 +24,6 @@
 
 namespace ray::itest {
 namespace {
-
-int env_int(char const* name, int fallback) {
-  char const* v = std::getenv(name);
-  if (v == nullptr || *v == '\0') return fallback;
-  return std::atoi(v);
-}
-
-// Peak resident set (VmHWM) and current RSS of a process in MiB, from /proc (-1 when unreadable).
-std::pair<double, double> rss_mib(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  double hwm = -1, rss = -1;
-  while (std::getline(in, line)) {
-    if (line.starts_with("VmHWM:")) hwm = std::stod(line.substr(6)) / 1024.0;
-    if (line.starts_with("VmRSS:")) rss = std::stod(line.substr(6)) / 1024.0;
-  }
-  return {hwm, rss};
-}
 
 // What the clients saw, per target and route.
 struct ledger {
@@ -227,20 +210,11 @@ double requests_counted(std::string const& metrics, std::string const& route_tpl
                                              std::to_string(code) + "\"}"));
 }
 
-bool sanitizer_report(std::string const& text) {
-  return text.find("AddressSanitizer") != std::string::npos ||
-         text.find("LeakSanitizer") != std::string::npos || text.find("runtime error:") != std::string::npos;
-}
-
 TEST(Soak, ManyTimesCapacityWithLeavingClientsAndADyingBackendLeavesRayHealthy) {
   int const seconds = std::max(5, env_int("RAY_SOAK_SECONDS", 60));
   int const clients = std::max(4, env_int("RAY_SOAK_CLIENTS", 48));
   // The bound of the `ray` under test: an ASan build carries shadow memory and a quarantine.
-#ifdef RAY_SANITIZED
-  bool const sanitized_ray = std::getenv("RAY_TEST_BINARY") == nullptr;
-#else
-  bool const sanitized_ray = false;
-#endif
+  bool const sanitized_ray = ray::itest::sanitized_ray();
   int const rss_bound = env_int("RAY_SOAK_RSS_MIB", sanitized_ray ? 192 : 16);
   // Capacity: 2 generations at once per ray (scheduler.concurrency), a queue of 8. `clients` threads that
   // send again as soon as they are answered offer clients/4 times the generation slots of the two.
