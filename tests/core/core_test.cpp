@@ -93,4 +93,48 @@ TEST(Core, Utf8IsValidatedStrictly) {
   EXPECT_FALSE(ray::is_valid_utf8("ab\x80"));  // a lone continuation byte
 }
 
+std::string hmac_hex(std::string_view key, std::string_view data) {
+  return ray::to_hex(ray::hmac_sha256(key, data));
+}
+
+TEST(Core, ToHexIsLowerCaseTwoDigitsPerByte) {
+  std::uint8_t const bytes[] = {0x00, 0x0f, 0xa5, 0xff};
+  EXPECT_EQ(ray::to_hex(bytes), "000fa5ff");
+  EXPECT_EQ(ray::to_hex({}), "");
+}
+
+// RFC 4231 §4.2–4.8 (case 5, a truncated output, does not apply to a full digest).
+TEST(Core, HmacSha256MatchesRfc4231) {
+  EXPECT_EQ(hmac_hex(std::string(20, '\x0b'), "Hi There"),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");  // case 1
+  EXPECT_EQ(hmac_hex("Jefe", "what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");  // case 2
+  EXPECT_EQ(hmac_hex(std::string(20, '\xaa'), std::string(50, '\xdd')),
+            "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe");  // case 3
+  std::string key4;
+  for (char c = 1; c <= 25; ++c)
+    key4.push_back(c);
+  EXPECT_EQ(hmac_hex(key4, std::string(50, '\xcd')),
+            "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b");  // case 4
+  EXPECT_EQ(hmac_hex(std::string(131, '\xaa'), "Test Using Larger Than Block-Size Key - Hash Key First"),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");  // case 6
+  EXPECT_EQ(
+      hmac_hex(std::string(131, '\xaa'),
+               "This is a test using a larger than block-size key and a larger than block-size data. The "
+               "key needs to be hashed before being used by the HMAC algorithm."),
+      "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2");  // case 7
+}
+
+// Keys around the 64-byte block (only a longer key is hashed first) and the empty key and message; expected
+// values from `openssl dgst -sha256 -hmac`.
+TEST(Core, HmacSha256KeysAroundTheBlockSize) {
+  EXPECT_EQ(hmac_hex(std::string(63, 'k'), "abc"),
+            "23670528b6b8c55d2f8ef2f36c1f000cec7c23ec76881c485f2e89b5fe705cca");
+  EXPECT_EQ(hmac_hex(std::string(64, 'k'), "abc"),
+            "ae0c0e4a2340cf50185eb46aaa8723f4769153661612e212fb0d1fa3170c6202");
+  EXPECT_EQ(hmac_hex(std::string(65, 'k'), "abc"),
+            "ed378e5dfa30dc98814ba09b2e610d9b6af66054922ceef9480da094a3f11b2d");
+  EXPECT_EQ(hmac_hex("", ""), "b613679a0814d9ec772f95d778c35fc5ff1697c493715653c6c712144292c5ad");
+}
+
 }  // namespace

@@ -273,8 +273,9 @@ TEST(JobStore, ClaimFinishRetryAndCancelFollowTheLifecycle) {
   ASSERT_EQ(next->size(), 1u);
   EXPECT_EQ((*next)[0].id, b.id);
   auto due = run(s->next_due());
-  ASSERT_TRUE(due && *due);
-  EXPECT_EQ(**due, later);
+  ASSERT_TRUE(due && due->job);
+  EXPECT_EQ(*due->job, later);
+  EXPECT_FALSE(due->callback);
 
   // Cancel a running job: a late finish does not overwrite it.
   auto c = run(s->cancel(b.id, std::nullopt));

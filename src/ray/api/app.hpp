@@ -4,6 +4,7 @@
 #include "ray/access/access.hpp"
 #include "ray/api/api.hpp"
 #include "ray/backend/backend.hpp"
+#include "ray/jobs/jobs.hpp"
 #include "ray/telemetry/telemetry.hpp"
 
 #include <atomic>
@@ -63,6 +64,9 @@ struct app {
   runtime::runtime& rt;
   http::server* server{nullptr};
   backend::supervisor* supervisor{nullptr};  // when Ray runs llama-server itself
+  jobs::store* job_store{nullptr};           // asyncQueue.enabled and the store opened
+  jobs::dispatcher* job_dispatcher{nullptr};
+  jobs::callback_policy callback_policy{};  // checks a callbackUrl at submission
   std::atomic<bool> shutting_down{false};
   std::chrono::steady_clock::time_point started{std::chrono::steady_clock::now()};
   std::unique_ptr<telemetry::rejection_summarizer> rejections;
@@ -87,6 +91,11 @@ class router final : public http::handler {
  private:
   boost::asio::awaitable<void> handle_infer(http::exchange& ex);
   boost::asio::awaitable<void> handle_openai(http::exchange& ex, bool completion);
+  // /v1/jobs and /v1/jobs/{id} (jobs_routes.cpp).
+  boost::asio::awaitable<void> handle_jobs(http::exchange& ex);
+  boost::asio::awaitable<http::response> submit_job(http::exchange& ex, std::optional<errc>& failed);
+  boost::asio::awaitable<http::response> list_jobs(http::exchange& ex, std::optional<errc>& failed);
+  boost::asio::awaitable<http::response> job_by_id(http::exchange& ex, std::optional<errc>& failed);
   // The opaque caller scope of an authenticated request ("" when auth is off): see infer_request::caller.
   std::string caller_of(http::request const& req) const;
   void log_unknown_fields(std::vector<std::string> const& fields, std::string_view route) const;

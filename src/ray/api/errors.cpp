@@ -39,6 +39,8 @@ http::status status_of(errc code) noexcept {
       return s::expectation_failed;
     case errc::rate_limited:
       return s::too_many_requests;
+    case errc::job_not_cancellable:
+      return s::conflict;
     case errc::request_headers_too_large:
       return s::request_header_fields_too_large;
     case errc::not_implemented:
@@ -73,9 +75,9 @@ std::optional<double> retry_after_ms(ray::error const& err) {
     case errc::provider_unavailable:
       return err.retry_after_ms.value_or(5000.0);
     case errc::async_queue_full:
-      return 1000.0;
+      return err.retry_after_ms.value_or(1000.0);  // the store computes when room appears
     case errc::async_queue_storage_low:
-      return 30000.0;
+      return err.retry_after_ms.value_or(30000.0);
     case errc::shutting_down:
       return 5000.0;
     case errc::request_timeout:

@@ -2,6 +2,9 @@
 #include "ray/backend/supervisor.hpp"
 #include "ray/system/system.hpp"
 
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -100,14 +103,119 @@ boost::json::object access_summary(access_state const& acc) {
   return f;
 }
 
+jobs::callback_policy callback_policy_for(config::async_queue_config const& q) {
+  jobs::callback_policy p;
+  p.allowed_hosts = q.callback_allowed_hosts;
+  p.allow_private_network = q.callback_allow_private_network;
+  p.timeout = std::chrono::milliseconds(q.callback_timeout_ms);
+  return p;
+}
+
+// Opens the job store under asyncQueue.storageDir and imports the TypeScript gateway's records once.
+result<std::unique_ptr<jobs::store>> open_job_store(config::async_queue_config const& q,
+                                                    telemetry::logger& log) {
+  jobs::sqlite_options o;
+  o.dir = std::filesystem::absolute(q.storage_dir);
+  o.max_jobs = q.max_jobs;
+  o.min_free_storage_mib = q.min_free_storage_mib;
+  o.completed_ttl_ms = q.completed_ttl_ms;
+  auto s = jobs::open_sqlite_store(o);
+  if (!s) return s.error();
+  auto imported = jobs::import_ts_jobs(o.dir, **s, log);
+  if (!imported) return imported.error();
+  return s;
+}
+
+// A job runs as a /v1/infer request through the same runtime as interactive traffic.
+jobs::run_fn job_runner(config::loaded_config const& loaded, runtime::runtime& rt) {
+  return [&loaded, &rt](jobs::job const& j) -> boost::asio::awaitable<result<boost::json::value>> {
+    auto decoded = decode_infer_request(boost::json::serialize(j.request), loaded.cfg);
+    if (!decoded) co_return decoded.error();
+    if (decoded->dedupe_key || loaded.cfg.cache.scope == config::cache_scope::key) decoded->caller = j.owner;
+    auto r = co_await rt.infer(std::move(*decoded));
+    if (!r) co_return r.error();
+    if (r->truncated_by_deadline)
+      co_return ray::error{errc::request_timeout,
+                           "the job did not complete within scheduler.requestTimeoutMs (" +
+                               std::to_string(loaded.cfg.scheduler.request_timeout_ms) + " ms)"};
+    boost::system::error_code ec;
+    auto v =
+        boost::json::parse(render_infer_response(*r, new_request_id(), std::chrono::system_clock::now()), ec);
+    if (ec) co_return ray::error{errc::provider_invalid_response, "the job's response did not render"};
+    co_return v;
+  };
+}
+
+jobs::dispatcher_options dispatcher_options_for(config::async_queue_config const& q,
+                                                std::optional<std::string> secret, runtime::runtime& rt) {
+  jobs::dispatcher_options o;
+  o.concurrency = q.dispatch_concurrency;
+  o.poll = std::chrono::milliseconds(q.poll_interval_ms);
+  o.max_callback_attempts = q.max_callback_attempts;
+  o.completed_ttl = std::chrono::milliseconds(q.completed_ttl_ms);
+  o.callback_secret = std::move(secret);
+  o.policy = callback_policy_for(q);
+  // Jobs yield to interactive traffic: no job starts while requests wait in the runtime's queue, and jobs
+  // leave one backend slot free for interactive requests (with a single slot they start only when it is
+  // idle), so an interactive request arriving mid-job does not wait for that job.
+  o.interactive_waiting = [&rt] {
+    auto const st = rt.stats();
+    if (st.queue_depth > 0) return true;
+    auto const slots = rt.backend_ref().describe().slots;
+    auto const concurrency =
+        slots > 0 ? std::min(rt.cfg().scheduler.concurrency, slots) : rt.cfg().scheduler.concurrency;
+    return concurrency <= 1 ? st.in_flight > 0 : st.in_flight + 1 >= concurrency;
+  };
+  return o;
+}
+
+// First turn of the loop: jobs left running by a crash go back to the queue, then the dispatcher starts.
+boost::asio::awaitable<void> start_jobs(jobs::store& s, jobs::dispatcher& d, telemetry::logger& log) {
+  auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                 std::chrono::system_clock::now().time_since_epoch())
+                 .count();
+  auto recovered = co_await s.recover(now);
+  if (!recovered) {
+    log.error("recovering running jobs failed", {{"reason", recovered.error().message}});
+  } else if (recovered->first + recovered->second > 0) {
+    log.warn("jobs left running by the previous process recovered",
+             {{"requeued", recovered->first}, {"failedNoAttemptsLeft", recovered->second}});
+  }
+  auto const c = s.current_counts();
+  log.info("job queue ready",
+           {{"queued", c.by_status[0]},
+            {"callbackPending", c.callback_pending},
+            {"totalJobs", c.total()},
+            {"availableStorageMiB", s.available_storage_mib() ? boost::json::value(*s.available_storage_mib())
+                                                              : boost::json::value(nullptr)}});
+  d.start();
+}
+
 boost::asio::awaitable<void> shutdown_sequence(app& a, http::server& srv, boost::asio::io_context& ioc) {
   auto const grace = std::chrono::milliseconds(a.cfg().server.shutdown_grace_ms);
   auto const deadline = std::chrono::steady_clock::now() + grace;
   a.log.info("shutdown started", {{"inFlight", srv.stats().active_requests.load()},
                                   {"graceMs", a.cfg().server.shutdown_grace_ms}});
   srv.begin_drain();
+  // Running jobs get the same grace (then they are aborted and go back to the queue), in parallel with the
+  // HTTP drain. The flag is shared: this frame does not lend a reference to the spawned stop.
+  auto jobs_stopped = std::make_shared<bool>(a.job_dispatcher == nullptr);
+  if (auto* d = a.job_dispatcher) {
+    boost::asio::co_spawn(
+        ioc,
+        [](jobs::dispatcher* d, std::chrono::milliseconds g,
+           std::shared_ptr<bool> flag) -> boost::asio::awaitable<void> {
+          co_await d->stop(g);
+          *flag = true;
+        }(d, grace, jobs_stopped),
+        boost::asio::detached);
+  }
   boost::asio::steady_timer t(ioc);
   while (srv.stats().active_requests.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+    t.expires_after(std::chrono::milliseconds(10));
+    co_await t.async_wait(use_tuple);
+  }
+  while (!*jobs_stopped) {  // bounded by the dispatcher: grace, then a few seconds to re-queue
     t.expires_after(std::chrono::milliseconds(10));
     co_await t.async_wait(use_tuple);
   }
@@ -282,10 +390,18 @@ int serve(config::loaded_config loaded, serve_options opts) {
     std::fprintf(stderr, "ray: %s\n", acc.error().message.c_str());
     return 2;
   }
-  if (cfg.async_queue.enabled)
-    log.warn(
-        "asyncQueue.enabled is set, but durable jobs are not available in this build yet: /v1/jobs answers "
-        "503 async_queue_disabled");
+  std::optional<std::string> callback_secret;
+  if (cfg.async_queue.enabled && cfg.async_queue.callback_secret_env) {
+    callback_secret = env_value(*cfg.async_queue.callback_secret_env);
+    if (!callback_secret || callback_secret->empty()) {
+      auto why = "asyncQueue.callbackSecretEnv names " + *cfg.async_queue.callback_secret_env +
+                 ", which is not set: callbacks would go out unsigned. Set it, or remove callbackSecretEnv";
+      log.error("configuration refused", {{"reason", why}});
+      log.flush();
+      std::fprintf(stderr, "ray: %s\n", why.c_str());
+      return 2;
+    }
+  }
 
   io_context ioc(static_cast<int>(cfg.server.threads));
   telemetry::registry metrics;
@@ -315,13 +431,37 @@ int serve(config::loaded_config loaded, serve_options opts) {
   }
   app a{loaded, log, metrics, *be, rt};
   a.supervisor = sup.get();
+
   a.rejections = std::make_unique<telemetry::rejection_summarizer>(log);
+  // Durable jobs (asyncQueue): the store (import of the TypeScript gateway's records, then recovery at the
+  // first turn of the loop) and the dispatcher that runs them through this runtime.
+  std::unique_ptr<jobs::store> job_store;
+  std::unique_ptr<jobs::dispatcher> job_dispatcher;
+  if (cfg.async_queue.enabled) {
+    auto opened = open_job_store(cfg.async_queue, log);
+    if (!opened) {
+      log.error("cannot start", {{"reason", opened.error().message}, {"setting", "asyncQueue.storageDir"}});
+      log.flush();
+      std::fprintf(stderr, "ray: %s\n", opened.error().message.c_str());
+      return 1;
+    }
+    job_store = std::move(*opened);
+    job_dispatcher = std::make_unique<jobs::dispatcher>(
+        ioc.get_executor(), *job_store, job_runner(loaded, rt),
+        dispatcher_options_for(cfg.async_queue, callback_secret, rt), metrics, log);
+  }
+  a.job_store = job_store.get();
+  a.job_dispatcher = job_dispatcher.get();
+  a.callback_policy = callback_policy_for(cfg.async_queue);
   {
-    // Durable jobs by status. The job queue is not in this build, so every count is truly 0; the series exist
-    // so dashboards and alerts can be written against them now.
-    auto jobs = metrics.add_gauge("ray_jobs", "Durable jobs by status.", {"status"}, {.json_name = "jobs"});
-    for (auto st : {"queued", "running", "succeeded", "failed", "cancelled"})
-      jobs.with({st}).set(0);
+    auto jobs_gauge =
+        metrics.add_gauge("ray_jobs", "Durable jobs by status.", {"status"}, {.json_name = "jobs"});
+    for (std::size_t i = 0; i < jobs::status_count; ++i) {
+      auto const st = static_cast<jobs::status>(i);
+      jobs_gauge.set_function({jobs::status_name(st)}, [s = job_store.get(), i] {
+        return s ? static_cast<double>(s->current_counts().by_status[i]) : 0.0;
+      });
+    }
   }
   metrics
       .add_counter("ray_log_dropped_lines_total",
@@ -379,6 +519,8 @@ int serve(config::loaded_config loaded, serve_options opts) {
   boost::asio::co_spawn(ioc, signal_loop(a, srv, ioc, signals, std::move(opts.reload)),
                         boost::asio::detached);
   boost::asio::co_spawn(ioc, summary_ticker(a, ioc), boost::asio::detached);
+  if (job_store && job_dispatcher)
+    boost::asio::co_spawn(ioc, start_jobs(*job_store, *job_dispatcher, log), boost::asio::detached);
   log.info("access control", access_summary(a.access));
 
   std::vector<std::thread> extra;
@@ -389,6 +531,10 @@ int serve(config::loaded_config loaded, serve_options opts) {
     t.join();
   // Frames still suspended (a flight unwinding, a probe, a warm-up) are destroyed now, before the backend,
   // runtime and server they point into (their destructors may still touch them, e.g. a slot guard).
+  // The job store's thread finishes its queue first (its completions are posted to this stopped loop and
+  // destroyed with the rest of the pending work).
+  job_dispatcher.reset();
+  job_store.reset();
   ioc.destroy_pending_work();
   log.flush();
   return 0;

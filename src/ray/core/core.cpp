@@ -5,6 +5,7 @@
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <ctime>
@@ -25,6 +26,8 @@ std::string_view code_name(errc code) noexcept {
       return "not_found";
     case errc::job_not_found:
       return "job_not_found";
+    case errc::job_not_cancellable:
+      return "job_not_cancellable";
     case errc::model_not_found:
       return "model_not_found";
     case errc::method_not_allowed:
@@ -221,6 +224,50 @@ sha256_digest sha256(std::string_view data) noexcept {
   SHA256_Init(&ctx);
   SHA256_Update(&ctx, data.data(), data.size());
   SHA256_Final(out.data(), &ctx);
+  return out;
+}
+
+sha256_digest hmac_sha256(std::string_view key, std::string_view data) noexcept {
+  constexpr std::size_t block = 64;
+  std::array<std::uint8_t, block> k{};  // the key, zero-padded to the block
+  if (key.size() > block) {
+    auto d = sha256(key);
+    std::copy(d.begin(), d.end(), k.begin());
+    secure_wipe(d.data(), d.size());
+  } else if (!key.empty()) {
+    std::copy(key.begin(), key.end(), k.begin());
+  }
+  std::array<std::uint8_t, block> pad{};
+  for (std::size_t i = 0; i < block; ++i)
+    pad[i] = static_cast<std::uint8_t>(k[i] ^ 0x36);
+  sha256_digest inner{};
+  SHA256_CTX ctx;
+  SHA256_Init(&ctx);
+  SHA256_Update(&ctx, pad.data(), pad.size());
+  SHA256_Update(&ctx, data.data(), data.size());
+  SHA256_Final(inner.data(), &ctx);
+  for (std::size_t i = 0; i < block; ++i)
+    pad[i] = static_cast<std::uint8_t>(k[i] ^ 0x5c);
+  sha256_digest out{};
+  SHA256_Init(&ctx);
+  SHA256_Update(&ctx, pad.data(), pad.size());
+  SHA256_Update(&ctx, inner.data(), inner.size());
+  SHA256_Final(out.data(), &ctx);
+  // Key material and the hash state derived from it.
+  secure_wipe(k.data(), k.size());
+  secure_wipe(pad.data(), pad.size());
+  secure_wipe(inner.data(), inner.size());
+  secure_wipe(&ctx, sizeof ctx);
+  return out;
+}
+
+std::string to_hex(std::span<std::uint8_t const> bytes) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out(bytes.size() * 2, '\0');
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    out[2 * i] = digits[bytes[i] >> 4];
+    out[2 * i + 1] = digits[bytes[i] & 0x0f];
+  }
   return out;
 }
 

@@ -50,6 +50,7 @@ enum class errc : std::uint8_t {
   request_timeout,
   provider_timeout,
   context_length_exceeded,  // OpenAI-route wording of a context overflow (400)
+  job_not_cancellable,      // DELETE /v1/jobs/{id} of a job that already finished (409)
 };
 
 // The lower_snake wire name of a code, e.g. "queue_full".
@@ -131,6 +132,11 @@ bool is_valid_utf8(std::string_view s) noexcept;
 // loaded, so hashing costs Ray a few KB instead of MBs of resident libcrypto.
 using sha256_digest = std::array<std::uint8_t, 32>;
 sha256_digest sha256(std::string_view data) noexcept;
+// HMAC-SHA256 (RFC 2104 over the same low-level SHA-256: a key longer than the 64-byte block is hashed
+// first; no EVP, so no provider machinery either).
+sha256_digest hmac_sha256(std::string_view key, std::string_view data) noexcept;
+// Lower-case hex of bytes, two digits each.
+std::string to_hex(std::span<std::uint8_t const> bytes);
 // Equality of two byte strings in time that depends only on their length (no early exit).
 bool constant_time_equal(std::span<std::uint8_t const> a, std::span<std::uint8_t const> b) noexcept;
 // Overwrites memory in a way the compiler does not optimise away (secrets).

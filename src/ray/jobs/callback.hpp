@@ -33,9 +33,9 @@ struct callback_policy {
 // A callbackUrl that passed the syntax checks.
 struct callback_url {
   bool https{false};
-  std::string host;    // lower-case name or IP literal (IPv6 without brackets)
+  std::string host;  // lower-case name or IP literal (IPv6 without brackets)
   std::uint16_t port{0};
-  std::string target;  // path + query, at least "/"
+  std::string target;       // path + query, at least "/"
   std::string host_header;  // the Host header value (with the port when it is not the default)
 };
 
@@ -60,11 +60,11 @@ resolve_fn system_resolver();
 std::string callback_signature(std::string_view secret, std::string_view timestamp, std::string_view body);
 
 struct delivery {
-  bool delivered{false};   // a 2xx answer
-  unsigned status{0};      // the HTTP status, 0 when none arrived
-  std::string error{};     // why it failed, ≤ 1 KiB, never containing the secret
-  bool retryable{true};    // false for a refused target (policy): retrying cannot help
-  std::string address{};   // the address that was connected to (or refused), for the log and tests
+  bool delivered{false};  // a 2xx answer
+  unsigned status{0};     // the HTTP status, 0 when none arrived
+  std::string error{};    // why it failed, ≤ 1 KiB, never containing the secret
+  bool retryable{true};   // false for a refused target (policy): retrying cannot help
+  std::string address{};  // the address that was connected to (or refused), for the log and tests
 };
 
 // POSTs `body` (content-type application/json) to `url` with headers x-ray-job-id, x-ray-timestamp (Unix

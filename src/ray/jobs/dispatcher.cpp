@@ -165,10 +165,16 @@ struct dispatcher::impl : std::enable_shared_from_this<impl> {
       auto wait = opts.poll;
       if (yielding) {
         wait = std::min(wait, std::chrono::milliseconds(20));
-      } else if (auto due = co_await st.next_due(); due && *due) {
-        auto const in = std::chrono::milliseconds(std::max<millis>(0, **due - now_ms()));
-        bool const can_use = running.size() < opts.concurrency || delivering.size() < max_parallel_callbacks;
-        if (can_use) wait = std::min(wait, std::max(in, std::chrono::milliseconds(1)));
+      } else if (auto due = co_await st.next_due(); due) {
+        // Only what there is room for: a due job while every slot runs wakes nothing (a finishing job does).
+        std::optional<millis> next;
+        if (due->job && running.size() < opts.concurrency) next = due->job;
+        if (due->callback && delivering.size() < max_parallel_callbacks)
+          next = next ? std::min(*next, *due->callback) : *due->callback;
+        if (next) {
+          auto const in = std::chrono::milliseconds(std::max<millis>(0, *next - now_ms()));
+          wait = std::min(wait, std::max(in, std::chrono::milliseconds(1)));
+        }
       }
       if (woken || stopping) continue;
       timer.expires_after(wait);

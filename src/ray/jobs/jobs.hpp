@@ -147,8 +147,11 @@ class store {
   // are not applied (nothing an earlier gateway accepted is dropped). Returns (imported, skipped).
   virtual boost::asio::awaitable<result<std::pair<std::uint32_t, std::uint32_t>>> import(
       std::vector<job> jobs) = 0;
-  // The earliest time a queued job or a pending callback becomes due (nullopt: none waiting).
-  virtual boost::asio::awaitable<result<std::optional<millis>>> next_due() = 0;
+  // The earliest times a queued job and a pending callback become due (nullopt: none waiting).
+  struct due_times {
+    std::optional<millis> job{}, callback{};
+  };
+  virtual boost::asio::awaitable<result<due_times>> next_due() = 0;
 
   // Counters kept current by every write (cheap; any thread).
   virtual counts current_counts() const noexcept = 0;
@@ -230,5 +233,21 @@ class dispatcher {
 bool is_retryable(errc code) noexcept;
 // Back-off before attempt `attempt` + 1: base · 2^(attempt-1), capped at 60 s, with ±20 % jitter.
 std::chrono::milliseconds backoff(std::uint32_t attempt, std::chrono::milliseconds base, double jitter01);
+
+}  // namespace ray::jobs
+
+namespace ray::jobs {
+
+// `ray jobs list|show ID|cancel ID`: the operator's view of the same store the server writes (SQLite allows
+// both at once). Exit codes: 0 done, 1 not found / not cancellable / store error, 2 usage.
+struct cli_options {
+  std::string action;  // "list" | "show" | "cancel"
+  std::string id{};
+  std::optional<std::string> status{};
+  std::uint32_t limit{50};
+  bool json{false};
+  std::filesystem::path storage_dir;  // asyncQueue.storageDir of the config
+};
+int cli_command(cli_options const& o, std::ostream& out, std::ostream& err);
 
 }  // namespace ray::jobs

@@ -170,51 +170,47 @@ struct sqlite_store final : store {
   // ---- store interface ----
   asio::awaitable<result<insert_outcome>> insert(job j) override;
   asio::awaitable<result<std::optional<job>>> get(std::string id) override {
-    co_return co_await call<result<std::optional<job>>>(
+    return call<result<std::optional<job>>>(
         [id = std::move(id)](sqlite_store& s) { return s.do_get(id, std::nullopt); });
   }
   asio::awaitable<result<std::vector<job>>> list(list_query q) override {
-    co_return co_await call<result<std::vector<job>>>(
-        [q = std::move(q)](sqlite_store& s) { return s.do_list(q); });
+    return call<result<std::vector<job>>>([q = std::move(q)](sqlite_store& s) { return s.do_list(q); });
   }
   asio::awaitable<result<std::optional<job>>> cancel(std::string id,
                                                      std::optional<std::string> owner) override {
-    co_return co_await call<result<std::optional<job>>>(
+    return call<result<std::optional<job>>>(
         [id = std::move(id), owner = std::move(owner)](sqlite_store& s) { return s.do_cancel(id, owner); });
   }
   asio::awaitable<result<std::vector<job>>> claim(std::uint32_t n, millis now) override {
-    co_return co_await call<result<std::vector<job>>>(
-        [n, now](sqlite_store& s) { return s.do_claim(n, now); });
+    return call<result<std::vector<job>>>([n, now](sqlite_store& s) { return s.do_claim(n, now); });
   }
   asio::awaitable<result<std::optional<job>>> finish(std::string id, attempt_outcome out,
                                                      millis now) override {
-    co_return co_await call<result<std::optional<job>>>(
-        [id = std::move(id), out = std::move(out), now](sqlite_store& s) {
-          return s.do_finish(id, out, now);
-        });
+    return call<result<std::optional<job>>>([id = std::move(id), out = std::move(out), now](sqlite_store& s) {
+      return s.do_finish(id, out, now);
+    });
   }
   asio::awaitable<result<std::vector<job>>> due_callbacks(std::uint32_t n, millis now) override {
-    co_return co_await call<result<std::vector<job>>>(
-        [n, now](sqlite_store& s) { return s.do_due_callbacks(n, now); });
+    return call<result<std::vector<job>>>([n, now](sqlite_store& s) { return s.do_due_callbacks(n, now); });
   }
   asio::awaitable<result<void>> update_callback(std::string id, callback_state cb) override {
-    co_return co_await call<result<void>>(
+    return call<result<void>>(
         [id = std::move(id), cb = std::move(cb)](sqlite_store& s) { return s.do_update_callback(id, cb); });
   }
   asio::awaitable<result<std::uint32_t>> prune(millis before, std::uint32_t batch) override {
-    co_return co_await call<result<std::uint32_t>>(
+    return call<result<std::uint32_t>>(
         [before, batch](sqlite_store& s) { return s.do_prune(before, batch); });
   }
   asio::awaitable<result<std::pair<std::uint32_t, std::uint32_t>>> recover(millis now) override {
-    co_return co_await call<result<std::pair<std::uint32_t, std::uint32_t>>>(
+    return call<result<std::pair<std::uint32_t, std::uint32_t>>>(
         [now](sqlite_store& s) { return s.do_recover(now); });
   }
   asio::awaitable<result<std::pair<std::uint32_t, std::uint32_t>>> import(std::vector<job> jobs) override {
-    co_return co_await call<result<std::pair<std::uint32_t, std::uint32_t>>>(
+    return call<result<std::pair<std::uint32_t, std::uint32_t>>>(
         [jobs = std::move(jobs)](sqlite_store& s) { return s.do_import(jobs); });
   }
-  asio::awaitable<result<std::optional<millis>>> next_due() override {
-    co_return co_await call<result<std::optional<millis>>>([](sqlite_store& s) { return s.do_next_due(); });
+  asio::awaitable<result<due_times>> next_due() override {
+    return call<result<due_times>>([](sqlite_store& s) { return s.do_next_due(); });
   }
 
   counts current_counts() const noexcept override {
@@ -713,17 +709,16 @@ struct sqlite_store final : store {
         });
   }
 
-  result<std::optional<millis>> do_next_due() {
+  result<due_times> do_next_due() {
     static std::string const sql =
         std::string(
-            "SELECT min(t) FROM (SELECT min(not_before) AS t FROM jobs WHERE status = "
-            "'queued' UNION ALL SELECT min(cb_next_at) FROM jobs WHERE cb_status = "
-            "'pending' AND status IN ") +
+            "SELECT (SELECT min(not_before) FROM jobs WHERE status = 'queued'), "
+            "(SELECT min(cb_next_at) FROM jobs WHERE cb_status = 'pending' AND status IN ") +
         terminal_in + ")";
     auto* st = prepare(sql.c_str());
     if (!st) return sql_error("reading the next due time");
     if (sqlite3_step(st) != SQLITE_ROW) return sql_error("reading the next due time");
-    return col_int(st, 0);
+    return due_times{col_int(st, 0), col_int(st, 1)};
   }
 
   ray::clock const* clk() const { return opts.clock ? opts.clock : &ray::system_clock(); }
@@ -751,67 +746,75 @@ auto work_of(Handler const& h) {
   return asio::prefer(asio::get_associated_executor(h), asio::execution::outstanding_work.tracked);
 }
 
-// A call onto the store thread: runs `fn` there, then completes the awaiting coroutine on its own executor.
-// It holds outstanding work on that executor from the start, so io_context::run does not return while a
-// store call is in progress.
-template <class R, class F, class Handler>
+// The awaiting coroutine's completion: posted to its own executor, holding outstanding work on it from the
+// start, so io_context::run does not return while a store call is in progress.
+template <class R>
+struct completion_base {
+  virtual ~completion_base() = default;
+  virtual void complete(R r) = 0;
+};
+
+template <class R, class Handler>
+struct completion final : completion_base<R> {
+  explicit completion(Handler h) : handler(std::move(h)), work(work_of(handler)) {}
+  void complete(R r) override {
+    asio::post(work, [h = std::move(handler), r = std::move(r)]() mutable { std::move(h)(std::move(r)); });
+  }
+  Handler handler;
+  decltype(work_of(std::declval<Handler const&>())) work;
+};
+
+// A call onto the store thread: `fn` runs there, its value completes the awaiting coroutine.
+template <class R, class F>
 struct call_task final : task {
-  call_task(F f, Handler h) : fn(std::move(f)), handler(std::move(h)), work(work_of(handler)) {}
-  void run(sqlite_store& s) override {
-    R r = fn(s);
-    asio::post(work, [h = std::move(handler), r = std::move(r)]() mutable { std::move(h)(std::move(r)); });
-  }
+  explicit call_task(F f) : fn(std::move(f)) {}
+  void run(sqlite_store& s) override { done->complete(fn(s)); }
   F fn;
-  Handler handler;
-  decltype(work_of(std::declval<Handler const&>())) work;
+  std::unique_ptr<completion_base<R>> done;
 };
 
-// The inserts of one group commit, type-erased: each holds its own handler type.
-struct insert_base : task {
+// One insert of a group commit.
+struct insert_task final : task {
+  explicit insert_task(job j) : item(std::move(j)) {}
   bool is_insert() const noexcept override { return true; }
-  virtual job const& item() const = 0;
-  virtual void complete(result<insert_outcome> r) = 0;
-};
-
-template <class Handler>
-struct insert_call final : insert_base {
-  insert_call(job j, Handler h) : j_(std::move(j)), handler(std::move(h)), work(work_of(handler)) {}
   void run(sqlite_store&) override {}
-  job const& item() const override { return j_; }
-  void complete(result<insert_outcome> r) override {
-    asio::post(work, [h = std::move(handler), r = std::move(r)]() mutable { std::move(h)(std::move(r)); });
-  }
-  job j_;
-  Handler handler;
-  decltype(work_of(std::declval<Handler const&>())) work;
+  void complete(result<insert_outcome> r) { done->complete(std::move(r)); }
+  job item;
+  std::unique_ptr<completion_base<result<insert_outcome>>> done;
 };
 
 }  // namespace
 
+// Not coroutines, on purpose: the arguments (strings, jobs) are moved into a heap task by this plain function
+// and only a pointer crosses into Asio's coroutine machinery. GCC 12 mis-copies class-type prvalues passed
+// by value into a coroutine (a short string keeps pointing at the caller's buffer); a pointer is immune.
+// The task is owned by the queue once the awaitable is awaited (callers always co_await at once).
 template <class R, class F>
 asio::awaitable<R> sqlite_store::call(F f) {
-  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(R)>(
-      [this, f = std::move(f)](auto handler) mutable {
-        using H = decltype(handler);
-        push(std::make_unique<call_task<R, F, H>>(std::move(f), std::move(handler)));
+  auto* t = new call_task<R, F>(std::move(f));
+  return asio::async_initiate<decltype(asio::use_awaitable), void(R)>(
+      [this, t](auto handler) {
+        t->done = std::make_unique<completion<R, decltype(handler)>>(std::move(handler));
+        push(std::unique_ptr<task>(t));
       },
       asio::use_awaitable);
 }
 
 asio::awaitable<result<insert_outcome>> sqlite_store::insert(job j) {
-  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(result<insert_outcome>)>(
-      [this, j = std::move(j)](auto handler) mutable {
-        using H = decltype(handler);
-        push(std::make_unique<insert_call<H>>(std::move(j), std::move(handler)));
+  auto* t = new insert_task(std::move(j));
+  return asio::async_initiate<decltype(asio::use_awaitable), void(result<insert_outcome>)>(
+      [this, t](auto handler) {
+        t->done = std::make_unique<completion<result<insert_outcome>, decltype(handler)>>(std::move(handler));
+        push(std::unique_ptr<task>(t));
       },
       asio::use_awaitable);
 }
 
 void sqlite_store::run_inserts(std::vector<std::unique_ptr<task>>& batch) {
-  std::vector<insert_base*> items;
+  std::vector<insert_task*> items;
   items.reserve(batch.size());
   for (auto& t : batch)
-    items.push_back(static_cast<insert_base*>(t.get()));
+    items.push_back(static_cast<insert_task*>(t.get()));
   auto const free_mib = refresh_storage();
   std::vector<std::optional<result<insert_outcome>>> outcomes(items.size());
   auto fail_all = [&](ray::error const& e) {
@@ -828,7 +831,7 @@ void sqlite_store::run_inserts(std::vector<std::unique_ptr<task>>& batch) {
   for (std::size_t i = 0; i < items.size(); ++i) {
     // Each insert is its own savepoint: one refused job (full, duplicate id) does not undo the others.
     sqlite3_exec(db, "SAVEPOINT one", nullptr, nullptr, nullptr);
-    auto r = insert_one(items[i]->item(), free_mib, running);
+    auto r = insert_one(items[i]->item, free_mib, running);
     if (r && !r->existing) any = true;
     sqlite3_exec(db, r ? "RELEASE one" : "ROLLBACK TO one; RELEASE one", nullptr, nullptr, nullptr);
     outcomes[i] = std::move(r);
