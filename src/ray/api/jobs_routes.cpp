@@ -31,6 +31,15 @@ jobs::millis now_ms() {
       .count();
 }
 
+// The owner stored with a job: derived from the caller scope (itself from the key's SHA-256), never the
+// digest itself — the store is a file an operator copies around, and a key's digest is what apiKeySha256
+// configs hold.
+std::string job_owner(std::string const& scope) {
+  if (scope.empty()) return {};
+  auto const d = sha256("ray job owner\n" + scope);
+  return "owner_" + to_hex(d).substr(0, 32);
+}
+
 ray::error bad_field(std::string field, std::string message) {
   ray::error e{errc::invalid_request, std::move(message)};
   e.details = boost::json::object{{"field", field}};
@@ -114,7 +123,7 @@ boost::asio::awaitable<http::response> router::submit_job(http::exchange& ex, st
   j.created_at = j.updated_at = now_ms();
   j.max_attempts = cfg.async_queue.max_attempts;
   j.request = std::move(fields);
-  j.owner = caller_of(ex.req());
+  j.owner = job_owner(caller_of(ex.req()));
   j.idempotency_key = std::move(idempotency_key);
   if (callback_url) j.callback = jobs::callback_state{.url = *callback_url};
   auto stored = co_await app_.job_store->insert(std::move(j));
@@ -140,7 +149,7 @@ boost::asio::awaitable<http::response> router::list_jobs(http::exchange& ex, std
     return api::error_response(err);
   };
   jobs::list_query q;
-  if (app_.access.auth.enabled) q.owner = caller_of(ex.req());
+  if (app_.access.auth.enabled) q.owner = job_owner(caller_of(ex.req()));
   // key=value pairs split on '&' (the values Ray reads are plain tokens; a percent-encoded one is refused).
   std::string_view rest = ex.query();
   while (!rest.empty()) {
@@ -190,7 +199,7 @@ boost::asio::awaitable<http::response> router::job_by_id(http::exchange& ex, std
   auto const id = std::string(ex.path().substr(ex.path().rfind('/') + 1));
   if (!valid_job_id(id)) co_return refuse(bad_field("id", "a job id is 1–128 characters of [A-Za-z0-9_-]"));
   std::optional<std::string> owner;
-  if (app_.access.auth.enabled) owner = caller_of(ex.req());
+  if (app_.access.auth.enabled) owner = job_owner(caller_of(ex.req()));
   auto not_found = [&] { return refuse(ray::error{errc::job_not_found, "no job " + id}); };
   auto found = co_await app_.job_store->get(id);
   if (!found) co_return refuse(found.error());
