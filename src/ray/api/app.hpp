@@ -75,6 +75,10 @@ struct app {
   config::config const& cfg() const noexcept { return loaded.cfg; }
 };
 
+// Runs `work` unless the client leaves first (then nullopt: `work` was cancelled with it).
+boost::asio::awaitable<std::optional<result<runtime::infer_result>>> unless_client_leaves(
+    http::exchange& ex, boost::asio::awaitable<result<runtime::infer_result>> work);
+
 class router final : public http::handler {
  public:
   explicit router(app& a);
