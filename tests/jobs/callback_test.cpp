@@ -13,6 +13,7 @@
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -732,6 +733,34 @@ TEST(CallbackDelivery, AReceiverThatNeverAnswersIsBoundedByTheTimeout) {
   EXPECT_EQ(rcv.state().requests.size(), 1u);  // it timed out waiting for the answer
 }
 
+// A resolver that never answers (but, like system_resolver(), ends when cancelled).
+asio::awaitable<ray::result<addresses>> hanging_resolve(std::string) {
+  asio::steady_timer forever(co_await asio::this_coro::executor,
+                             std::chrono::steady_clock::time_point::max());
+  co_await forever.async_wait(use_tuple);
+  co_return ray::result<addresses>(ray::error{ray::errc::provider_request_failed, "cancelled"});
+}
+
+TEST(CallbackDelivery, AResolutionThatNeverEndsIsBoundedByTheTimeout) {
+  asio::io_context ioc;
+  std::optional<rj::delivery> out;
+  auto policy = open_policy();
+  policy.timeout = std::chrono::milliseconds(100);
+  auto const url = url_of("http://slow.test/");
+  std::string const body = "{}", job = "job_1";
+  std::optional<std::string> const secret;
+  rj::resolve_fn const resolve = [](std::string host) { return hanging_resolve(std::move(host)); };
+  asio::co_spawn(
+      ioc,
+      [&]() -> asio::awaitable<void> { out = co_await rj::deliver(url, body, job, secret, policy, resolve); },
+      asio::detached);
+  ioc.run();
+  ASSERT_TRUE(out);
+  EXPECT_FALSE(out->delivered);
+  EXPECT_TRUE(out->retryable);
+  EXPECT_EQ(out->error, "timed out after 100 ms resolving slow.test");
+}
+
 TEST(CallbackDelivery, AnEndlessBodyIsNotReadBeyondItsStart) {
   for (unsigned status : {200u, 500u}) {
     SCOPED_TRACE(status);
@@ -759,7 +788,9 @@ TEST(CallbackDelivery, AStalledBodyAfterTheStatusIsBoundedAndTheStatusDecides) {
     auto const d = run(ioc, url_of(http_url(rcv)), &rcv);
     EXPECT_EQ(d.status, status);
     EXPECT_EQ(d.delivered, status == 200) << d.error;
-    if (status == 500) EXPECT_EQ(d.error, "callback receiver answered 500: 0123456789");
+    if (status == 500) {
+      EXPECT_EQ(d.error, "callback receiver answered 500: 0123456789");
+    }
   }
 }
 
@@ -889,15 +920,21 @@ pki self_signed(char const* common_name, char const* subject_alt_names) {
 pki const& trusted_pki() {
   static pki const p = [] {
     auto made = self_signed("localhost", "DNS:localhost,IP:127.0.0.1");
-    auto const path = std::filesystem::temp_directory_path() /
-                      ("ray-callback-test-ca-" + std::to_string(getpid()) + ".pem");
+    static std::string path;  // removed at exit
+    path = (std::filesystem::temp_directory_path() /
+            ("ray-callback-test-ca-" + std::to_string(getpid()) + ".pem"))
+               .string();
     std::ofstream(path) << made.cert_pem;
+    std::atexit([] { std::filesystem::remove(path); });
     setenv("SSL_CERT_FILE", path.c_str(), 1);
     setenv("SSL_CERT_DIR", "/nonexistent-ray-callback-test", 1);
     return made;
   }();
   return p;
 }
+
+// Before main: whatever test runs first, the TLS client context (made once per process) sees this store.
+[[maybe_unused]] bool const trust_store_ready = (trusted_pki(), true);
 
 std::shared_ptr<asio::ssl::context> server_context(pki const& p) {
   auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);

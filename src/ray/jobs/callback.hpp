@@ -40,20 +40,32 @@ struct callback_url {
 };
 
 // Checks a callbackUrl at submission: http or https only, no userinfo, no fragment, ≤ 2048 characters, a
-// host; when allowed_hosts is non-empty the host must match one entry (exact, or "*.suffix" matching any
-// name ending in ".suffix"); an IP-literal host must not be a refused address unless allow_private_network.
-// Errors are errc::invalid_request with param "callbackUrl" and a message naming the rule.
+// port 1–65535 when one is given, a host that is a dotted-quad IPv4 or bracketed IPv6 literal or a DNS name
+// (LDH labels, no percent-escapes, no trailing dot, no all-numeric last label such as "2130706433" or
+// "127.1", which getaddrinfo would read as an address); when allowed_hosts is non-empty the host must match
+// one entry (exact, or "*.suffix" matching any name ending in ".suffix" but not "suffix" itself; case-
+// insensitive; IP entries compare as addresses); unless allow_private_network an IP-literal host must not be
+// a refused address and the host must not be "localhost" or under ".localhost". An allow-list entry does not
+// lift the private-network rule. Errors are errc::invalid_request with param "callbackUrl" and a message
+// naming the rule (never echoing the path, query or userinfo).
 result<callback_url> check_callback_url(std::string_view url, callback_policy const& policy);
 
-// Whether an address is refused as a callback target unless callbackAllowPrivateNetwork: loopback,
-// private (RFC 1918, CGNAT 100.64/10, fc00::/7), link-local (169.254/16, fe80::/10), multicast,
-// unspecified (0.0.0.0/8, ::), broadcast, and any IPv4-mapped/compatible IPv6 form of those.
+// Whether an address is refused as a callback target unless callbackAllowPrivateNetwork: every IPv4 block
+// IANA's special-purpose registry marks not globally reachable — 0/8, 10/8, 100.64/10 (CGNAT), 127/8,
+// 169.254/16, 172.16/12, 192.0.0/24, 192.0.2/24, 192.168/16, 198.18/15, 198.51.100/24, 203.0.113/24, 240/4
+// (with 255.255.255.255) — plus multicast 224/4; IPv6 ::/96 (::, ::1, IPv4-compatible), 64:ff9b:1::/48,
+// 100::/64, 2001::/32 (Teredo), 2001:2::/48, 2001:db8::/32, 3fff::/20, 5f00::/16, fc00::/7, fe80::/10,
+// fec0::/10, ff00::/8; and the IPv4-mapped (::ffff:a.b.c.d), SIIT (::ffff:0:a.b.c.d), NAT64 (64:ff9b::/96)
+// and 6to4 (2002::/16) forms of a refused IPv4 address.
 bool is_refused_address(boost::asio::ip::address const& a) noexcept;
 
-// Name resolution, a seam for tests: returns every address of `host` (an IP literal resolves to itself).
+// Name resolution, a seam for tests: returns every address of `host`. deliver() never calls it for an IP
+// literal.
 using resolve_fn =
     std::function<boost::asio::awaitable<result<std::vector<boost::asio::ip::address>>>(std::string host)>;
-// The system resolver (asynchronous, on the awaiting coroutine's executor).
+// The system resolver (getaddrinfo on Asio's resolver thread, answered on the awaiting coroutine's executor;
+// addresses deduplicated, order kept). getaddrinfo cannot be interrupted: a cancelled or timed-out resolution
+// returns at once and the lookup finishes in the background. Errors are errc::provider_request_failed.
 resolve_fn system_resolver();
 
 // "sha256=<64 lower-case hex>" of HMAC-SHA256(secret, timestamp + "." + body): the x-ray-signature header.
@@ -67,11 +79,16 @@ struct delivery {
   std::string address{};  // the address that was connected to (or refused), for the log and tests
 };
 
-// POSTs `body` (content-type application/json) to `url` with headers x-ray-job-id, x-ray-timestamp (Unix
-// seconds) and, when `secret` is set, x-ray-signature. Resolves once through `resolve`; refuses (not
-// retryable) when a resolved address is refused by the policy; otherwise connects to the first checked
-// address (TLS with SNI and certificate verification against the system store for https). Reads the answer's
-// status and at most 4 KiB of its body; the whole attempt is bounded by policy.timeout. Never throws.
+// POSTs `body` (content-type application/json, connection: close, user-agent ray/<version>) to `url` with
+// headers x-ray-job-id, x-ray-timestamp (Unix seconds, decimal) and, when `secret` is set and non-empty,
+// x-ray-signature. Resolves a name once through `resolve` (an IP literal is used as is); refuses (not
+// retryable) when any resolved address is refused by the policy; otherwise connects to the checked addresses
+// in order, the next one when a connect fails (TLS: SNI for a name, certificate chain against the system
+// store read once per process, name or address checked against the certificate). Reads the answer's status
+// and at most 4 KiB of its body; the status decides (a 2xx whose body stalls is delivered). 3xx: not
+// followed, not retryable; 410: not retryable; other statuses and every network failure: retryable. The
+// whole attempt is bounded by policy.timeout; cancelling the awaiting coroutine ends it promptly. `resolve`
+// and every argument must outlive the co_await. Never throws.
 boost::asio::awaitable<delivery> deliver(callback_url const& url, std::string const& body,
                                          std::string const& job_id, std::optional<std::string> const& secret,
                                          callback_policy const& policy, resolve_fn const& resolve);
