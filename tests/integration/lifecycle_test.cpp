@@ -135,6 +135,49 @@ TEST_F(Lifecycle, SigtermWithoutTrafficExitsZeroWithinGrace) {
   EXPECT_EQ(*code, 0);
 }
 
+TEST_F(Lifecycle, SigtermWithDrainMsSaysDrainingYetKeepsServingThenStops) {
+  srv_ = std::make_unique<ray_server>(test_config({{"shutdownGraceMs", 1000}, {"drainMs", 1500}}));
+  ASSERT_TRUE(srv_->wait_listening());
+  auto const port = srv_->port();
+  ASSERT_TRUE(srv_->process().signal(SIGTERM));
+  ASSERT_TRUE(srv_->process().wait_for_log("draining", rt::in(kIo))) << srv_->output_tail();
+  auto const draining_since = std::chrono::steady_clock::now();
+  // The balancer's health check sees it at once…
+  auto c = rt::raw_client(port);
+  ASSERT_TRUE(c.send(get("/readyz")));
+  auto ready = c.read_response(rt::in(kIo));
+  ASSERT_TRUE(ready) << c.last_error();
+  EXPECT_EQ(ready->status, 503) << ready->describe();
+  auto body = json_body(*ready);
+  ASSERT_TRUE(body);
+  EXPECT_EQ(rt::string_field(*body, "status"), "draining");
+  EXPECT_NE(boost::json::serialize(body->at("reasons")).find("\"draining\""), std::string::npos);
+  // …while what still arrives is served (a new connection, new work).
+  auto d = rt::raw_client(port);
+  ASSERT_TRUE(d.send(post_json("/v1/infer", R"({"input":"arrived while draining"})")));
+  auto served = d.read_response(rt::in(kIo));
+  ASSERT_TRUE(served) << d.last_error();
+  EXPECT_EQ(served->status, 200) << served->describe();
+  EXPECT_LT(std::chrono::steady_clock::now() - draining_since, 1500ms)
+      << "the checks above ran after the drain";
+  // Then the graceful shutdown as without a drain.
+  auto code = srv_->process().wait_exit(rt::in(kIo));
+  ASSERT_TRUE(code);
+  EXPECT_EQ(*code, 0);
+  EXPECT_GE(*srv_->process().exited_at() - draining_since, 1000ms);  // it did wait (the drain is 1.5 s)
+}
+
+TEST_F(Lifecycle, ASecondSignalWhileDrainingShutsDownAtOnce) {
+  srv_ = std::make_unique<ray_server>(test_config({{"shutdownGraceMs", 1000}, {"drainMs", 600000}}));
+  ASSERT_TRUE(srv_->wait_listening());
+  ASSERT_TRUE(srv_->process().signal(SIGTERM));
+  ASSERT_TRUE(srv_->process().wait_for_log("draining", rt::in(kIo))) << srv_->output_tail();
+  ASSERT_TRUE(srv_->process().signal(SIGTERM));
+  auto code = srv_->process().wait_exit(rt::in(kIo));
+  ASSERT_TRUE(code) << "a second SIGTERM did not end a 10-minute drain";
+  EXPECT_EQ(*code, 0);
+}
+
 TEST_F(Lifecycle, SigintExitsZero) {
   constexpr auto grace = 1000ms;
   srv_ = std::make_unique<ray_server>(test_config({{"shutdownGraceMs", grace.count()}}));

@@ -7,6 +7,8 @@
 #include "ray/jobs/jobs.hpp"
 #include "ray/telemetry/telemetry.hpp"
 
+#include <boost/asio/steady_timer.hpp>
+
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -68,6 +70,8 @@ struct app {
   jobs::dispatcher* job_dispatcher{nullptr};
   jobs::callback_policy callback_policy{};  // checks a callbackUrl at submission
   std::atomic<bool> shutting_down{false};
+  std::atomic<bool> draining{false};  // SIGTERM with server.drainMs: readyz 503, still serving
+  std::shared_ptr<boost::asio::steady_timer> drain_timer;  // while draining; a second signal cancels it
   std::chrono::steady_clock::time_point started{std::chrono::steady_clock::now()};
   std::unique_ptr<telemetry::rejection_summarizer> rejections;
   access_state access{};

@@ -36,9 +36,12 @@ http::response router::readyz() const {
   if (http_pressure) reasons.emplace_back("gateway_http_pressure");
   bool const jobs_pressure = async_queue_pressure(app_);
   if (jobs_pressure) reasons.emplace_back("async_queue_pressure");
+  bool const draining = app_.draining.load(std::memory_order_relaxed);
+  if (draining && !shutting) reasons.emplace_back("draining");
   if (shutting) reasons.emplace_back("shutting_down");
-  bool const ready = backend::is_serving(st) && !shutting;
-  std::string_view status = !ready ? "unavailable" : (reasons.empty() ? "ok" : "degraded");
+  bool const ready = backend::is_serving(st) && !shutting && !draining;
+  std::string_view status =
+      !ready ? (draining && !shutting ? "draining" : "unavailable") : (reasons.empty() ? "ok" : "degraded");
   boost::json::object o{{"status", status},
                         {"service", app_.cfg().telemetry.service_name},
                         {"providerStatus", backend::state_name(st)},

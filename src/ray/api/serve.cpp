@@ -331,11 +331,39 @@ boost::asio::awaitable<void> signal_loop(app& a, http::server& srv, boost::asio:
       reload(a, srv, reader);
       continue;
     }
-    if (a.shutting_down.exchange(true)) {
+    if (a.drain_timer) {
+      // A second signal while draining: stop draining, shut down now.
+      a.log.warn("second signal while draining: shutting down now", {{"signal", sig}});
+      a.drain_timer->cancel();
+      a.drain_timer.reset();
+      continue;
+    }
+    if (a.shutting_down.load() || a.draining.load()) {
       a.log.warn("second signal: exiting now", {{"signal", sig}});
       a.log.flush();
       std::_Exit(1);
     }
+    auto const drain = std::chrono::milliseconds(a.cfg().server.drain_ms);
+    if (drain.count() > 0) {
+      // Drain (spec/scale-out.md): /readyz says 503 `draining` at once so the balancer takes this node out,
+      // while everything that still arrives is served; then the graceful shutdown as without a drain.
+      a.draining = true;
+      a.drain_timer = std::make_shared<boost::asio::steady_timer>(ioc, drain);
+      a.log.info("draining: /readyz answers 503 while requests are still served",
+                 {{"drainMs", a.cfg().server.drain_ms}, {"signal", sig}});
+      boost::asio::co_spawn(
+          ioc,
+          [](app& a, http::server& srv, boost::asio::io_context& ioc,
+             std::shared_ptr<boost::asio::steady_timer> t) -> boost::asio::awaitable<void> {
+            co_await t->async_wait(use_tuple);
+            a.drain_timer.reset();
+            a.shutting_down = true;
+            co_await shutdown_sequence(a, srv, ioc);
+          }(a, srv, ioc, a.drain_timer),
+          boost::asio::detached);
+      continue;
+    }
+    a.shutting_down = true;
     boost::asio::co_spawn(ioc, shutdown_sequence(a, srv, ioc), boost::asio::detached);
   }
 }

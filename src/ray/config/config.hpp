@@ -46,6 +46,10 @@ struct server_config {
   std::uint32_t sse_keep_alive_ms{10'000};
   std::uint32_t stream_buffer_bytes{1u << 20};
   std::uint32_t shutdown_grace_ms{25'000};
+  // On SIGTERM, answer /readyz 503 `draining` while still serving for this long, so a load balancer's health
+  // check takes the node out before it stops (spec/scale-out.md). 0 (the default): one box behind no balancer
+  // has nobody to drain to, so the stop is not delayed.
+  std::uint32_t drain_ms{0};
   std::vector<std::string> cors_allow_origins{};
   bool allow_unauthenticated_public{false};
 

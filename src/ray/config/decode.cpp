@@ -377,6 +377,7 @@ void decoder::server(json::value const& v, std::string const& path, server_confi
           {"sseKeepAliveMs", u32(s.sse_keep_alive_ms)},
           {"streamBufferBytes", u32(s.stream_buffer_bytes)},
           {"shutdownGraceMs", u32(s.shutdown_grace_ms)},
+          {"drainMs", u32(s.drain_ms)},
           {"corsAllowOrigins", strings(s.cors_allow_origins)},
           {"allowUnauthenticatedPublic", boolean(s.allow_unauthenticated_public)}});
 }

@@ -182,6 +182,7 @@ boost::json::object to_json(config const& c) {
                               {"sseKeepAliveMs", s.sse_keep_alive_ms},
                               {"streamBufferBytes", s.stream_buffer_bytes},
                               {"shutdownGraceMs", s.shutdown_grace_ms},
+                              {"drainMs", s.drain_ms},
                               {"corsAllowOrigins", strings(s.cors_allow_origins)},
                               {"allowUnauthenticatedPublic", s.allow_unauthenticated_public}}},
       {"openai", json::object{{"strictModelNames", c.openai.strict_model_names},

@@ -38,6 +38,7 @@ using enum env_kind;
 constexpr env_var env_vars[] = {
     {"RAY_HOST", "server.host", string},
     {"RAY_PORT", "server.port", integer},
+    {"RAY_SERVER_DRAIN_MS", "server.drainMs", integer},
     {"RAY_REQUEST_BODY_LIMIT_BYTES", "server.requestBodyLimitBytes", integer},
     {"RAY_LOG_LEVEL", "telemetry.logLevel", string},
     {"RAY_MODEL_ID", "model.id", string},

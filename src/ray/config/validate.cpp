@@ -247,6 +247,7 @@ void check_server(checker& c, server_config const& s) {
   c.range("server.sseKeepAliveMs", s.sse_keep_alive_ms, 100, 600'000);
   c.range("server.streamBufferBytes", s.stream_buffer_bytes, 4096, 64u << 20);
   c.range("server.shutdownGraceMs", s.shutdown_grace_ms, 0, 600'000);
+  c.range("server.drainMs", s.drain_ms, 0, 600'000);
   for (std::size_t i = 0; i < s.cors_allow_origins.size(); ++i) {
     auto const& o = s.cors_allow_origins[i];
     auto p = "server.corsAllowOrigins[" + std::to_string(i) + "]";
