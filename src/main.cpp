@@ -1,5 +1,5 @@
-// ray — CLI entry point: parses the subcommand and its flags, then hands over
-// to the component that does the work.
+// ray — CLI entry point: parses the subcommand and its flags, then hands over to the component that does the
+// work.
 #include "ray/api/api.hpp"
 #include "ray/config/config.hpp"
 #include "ray/gguf/gguf.hpp"
@@ -21,9 +21,7 @@ int config_error(ray::error const& e) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{
-      "ray — a lean, honest gateway in front of llama.cpp's "
-      "llama-server on one small machine"};
+  CLI::App app{"ray — a lean, honest gateway in front of llama.cpp's llama-server on one small machine"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("ray ") + RAY_VERSION);
 
@@ -45,17 +43,16 @@ int main(int argc, char** argv) {
   serve->add_flag("--allow-unauthenticated-public", flags.allow_unauthenticated_public,
                   "Allow a non-loopback bind with auth disabled");
   std::string system_root = "/";
-  serve->add_option("--system-root", system_root,
-                    "Directory holding proc/ and sys/fs/cgroup/ to read pressure signals "
-                    "from (default /; for "
-                    "containers that mount the host's elsewhere, and for tests)");
+  serve->add_option(
+      "--system-root", system_root,
+      "Directory holding proc/ and sys/fs/cgroup/ to read pressure signals from (default /; for "
+      "containers that mount the host's elsewhere, and for tests)");
 
   // config
   auto* cfg_cmd = app.add_subcommand("config", "Validate, explain or print configuration");
   cfg_cmd->require_subcommand(1);
-  auto* validate = cfg_cmd->add_subcommand("validate",
-                                           "Check a config file (schema and cross-field rules); exit 2 "
-                                           "when invalid");
+  auto* validate = cfg_cmd->add_subcommand(
+      "validate", "Check a config file (schema and cross-field rules); exit 2 when invalid");
   std::string validate_file;
   validate->add_option("FILE", validate_file, "Config file")->required();
   auto* explain = cfg_cmd->add_subcommand("explain", "Print every effective value with its source");
@@ -78,10 +75,8 @@ int main(int argc, char** argv) {
   auto* jobs_cmd = app.add_subcommand("jobs", "List, show or cancel durable jobs in the store of a config");
   jobs_cmd->require_subcommand(1);
   jobs_cmd->footer(
-      "Examples:\n  ray jobs list --config ray.json --status "
-      "queued\n  ray jobs show job_0123456789abcdef "
-      "--config ray.json --json\n  ray jobs cancel "
-      "job_0123456789abcdef --config ray.json");
+      "Examples:\n  ray jobs list --config ray.json --status queued\n  ray jobs show job_0123456789abcdef "
+      "--config ray.json --json\n  ray jobs cancel job_0123456789abcdef --config ray.json");
   ray::jobs::cli_options jobs_opts;
   std::string jobs_config, jobs_storage, jobs_status;
   for (auto* c : {jobs_cmd->add_subcommand("list", "Newest jobs first"),
