@@ -123,6 +123,17 @@ bool is_valid_host(std::string_view host) noexcept {
 // connection: one socket, its read buffer, and a deadline enforced by a watchdog coroutine that wakes every
 // `tick` and cancels the socket's pending operation once the deadline has passed (no timer work per request).
 
+// Whether a header section (request line included) continues a field line on the next one: a line after the
+// first that begins with SP or HTAB.
+static bool has_obs_fold(std::string_view head) noexcept {
+  for (std::size_t i = head.find('\n'); i != std::string_view::npos && i + 1 < head.size();
+       i = head.find('\n', i + 1)) {
+    char const c = head[i + 1];
+    if (c == ' ' || c == '\t') return true;
+  }
+  return false;
+}
+
 class connection {
  public:
   // Where a session is, for the watchdog's slow-client rules and for choosing whom to shed.
@@ -454,11 +465,40 @@ asio::awaitable<void> connection::run(std::shared_ptr<connection> self) {
     set_deadline(lim.headers_timeout_ms);
     extra_.clear();
     request_started_ = steady::now();
+    // obs-fold (a field line continued on the next, RFC 9112 §5.2): Beast unfolds it, Ray refuses it — a
+    // folded line may be read differently by a proxy in front, which is how requests are smuggled. The parser
+    // consumes what it reads, so the header section is buffered whole first and scanned (bounded by the
+    // header limit; deadlines and errors are left to the parser's read below, which then has the bytes).
+    bool folded = false;
+    boost::system::error_code pre_ec;
+    for (;;) {
+      std::string_view const data(static_cast<char const*>(buffer_.data().data()), buffer_.size());
+      auto const end = std::min(data.find("\r\n\r\n"), data.find("\n\n"));
+      if (end != std::string_view::npos) {
+        folded = has_obs_fold(data.substr(0, end + 1));
+        break;
+      }
+      if (data.size() > lim.max_header_bytes || closed_) break;
+      auto [ec, got] = co_await socket_.async_read_some(buffer_.prepare(4096), use_tuple);
+      if (ec) {
+        pre_ec = ec;
+        break;
+      }
+      buffer_.commit(got);
+    }
     beast::http::request_parser<beast::http::string_body> parser;
     parser.header_limit(lim.max_header_bytes);
     parser.body_limit(boost::none);
-    auto [rec, rn] = co_await beast::http::async_read_header(socket_, buffer_, parser, use_tuple);
-    (void)rn;
+    // A read error during the scan ends the request as the parser's read would have (the parser is not asked
+    // to read again after an EOF: its read then never completed). EOF in the middle of a header section is
+    // the parser's "partial message" 400.
+    boost::system::error_code rec = pre_ec;
+    if (pre_ec == asio::error::eof && buffer_.size() > 0) rec = beast::http::error::partial_message;
+    if (!pre_ec) {
+      auto [e, rn] = co_await beast::http::async_read_header(socket_, buffer_, parser, use_tuple);
+      (void)rn;
+      rec = e;
+    }
     std::string request_id;
     if (rec) {
       if (closed_) break;
@@ -494,6 +534,14 @@ asio::awaitable<void> connection::run(std::shared_ptr<connection> self) {
 
     enter(phase::busy);
     request& req = parser.get();
+    if (folded) {
+      request_id = new_request_id();
+      co_await answer_error({errc::invalid_request,
+                             "obs-fold (a header line continued on the next line) is not accepted; send each "
+                             "header field on one line"},
+                            &req.base(), {}, request_id);
+      break;
+    }
     {
       auto incoming = req["x-request-id"];
       request_id = is_valid_request_id(incoming) ? std::string(incoming) : new_request_id();
