@@ -79,6 +79,12 @@ struct app {
   config::config const& cfg() const noexcept { return loaded.cfg; }
 };
 
+// The operator status page (status_page.cpp): whether an Accept value prefers text/html over JSON (an
+// explicit `text/html` range with a higher q than application/json gets), and the page with its security
+// headers.
+bool prefers_html(std::string_view accept) noexcept;
+http::response status_page();
+
 // Runs `work` unless the client leaves first (then nullopt: `work` was cancelled with it).
 boost::asio::awaitable<std::optional<result<runtime::infer_result>>> unless_client_leaves(
     http::exchange& ex, boost::asio::awaitable<result<runtime::infer_result>> work);

@@ -287,6 +287,10 @@ boost::asio::awaitable<void> router::handle(http::exchange& ex) {
   } else {
     switch (route.id) {
       case route_id::root: {
+        if (prefers_html(req[http::field::accept])) {  // a browser: the status page (it holds no data)
+          res = status_page();
+          break;
+        }
         boost::json::object o{{"name", "ray"},
                               {"version", RAY_VERSION},
                               {"profile", app_.cfg().profile},
