@@ -62,8 +62,10 @@ fuzz: asan
 	  tail -n 6 $$work.log; \
 	done
 
+# bench/overhead.sh (direct vs Ray vs nginx, ~5 min) then bench/foundation.sh (Ray vs the reference server, < 1 min);
+# each builds the Release targets it needs and rewrites its file in bench/results/.
 bench: bootstrap build/release/build.ninja
-	@cmake --build build/release -j $(JOBS)
+	@./bench/overhead.sh
 	@./bench/foundation.sh
 
 fmt:

@@ -1,6 +1,7 @@
 // ray — CLI entry point: parses the subcommand and its flags, then hands over to the component that does the
 // work.
 #include "ray/api/api.hpp"
+#include "ray/bench/bench.hpp"
 #include "ray/config/config.hpp"
 #include "ray/gguf/gguf.hpp"
 #include "ray/jobs/jobs.hpp"
@@ -94,6 +95,10 @@ int main(int argc, char** argv) {
     }
   }
 
+  // bench (flags and logic in src/ray/bench)
+  ray::bench::options bench_opts;
+  auto* bench_cmd = ray::bench::add_command(app, bench_opts);
+
   auto* version = app.add_subcommand("version", "Print the version");
 
   try {
@@ -115,6 +120,7 @@ int main(int argc, char** argv) {
     }
     return ray::jobs::cli_command(jobs_opts, std::cout, std::cerr);
   }
+  if (*bench_cmd) return ray::bench::run_bench(bench_opts, std::cout, std::cerr);
   if (*inspect) return ray::gguf::inspect_command(gguf_file, gguf_json, std::cout, std::cerr);
   if (*version) {
     std::printf("ray %s\n", RAY_VERSION);
