@@ -651,6 +651,9 @@ asio::awaitable<result<generation_result>> remote_backend::generate(generation_r
   }
   if (!done && finish.empty())
     co_return ray::error{errc::provider_invalid_response, "the backend stream ended before it finished"};
+  // `[DONE]` comes just before the chunked body's terminator: read it so the connection goes back to the pool
+  // (without this every request opened a new backend connection).
+  if (done) co_await s.finish(std::chrono::milliseconds(100));
   out.finish_reason = finish.empty() ? "stop" : finish;
   out.total_ms = std::chrono::duration<double, std::milli>(steady::now() - started).count();
   if (!saw_first) out.ttft_ms = out.total_ms;

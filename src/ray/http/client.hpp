@@ -61,7 +61,7 @@ struct client_options {
   std::uint32_t connect_timeout_ms{2000};
   std::size_t max_response_bytes{8u << 20};  // whole bodies read by send()/read_all()
   std::size_t max_event_bytes{1u << 20};     // one SSE event
-  std::size_t max_idle_connections{8};
+  std::size_t max_idle_connections{64};      // kept per client; more concurrent calls open more
 };
 
 struct client_request {
@@ -98,6 +98,10 @@ class response_stream {
   boost::asio::awaitable<result<std::optional<sse_event>>> next_event(std::chrono::milliseconds idle_timeout);
   // The rest of the body (bounded by max_response_bytes).
   boost::asio::awaitable<result<std::string>> read_all(std::chrono::milliseconds timeout);
+  // Reads what is left of the body after the caller has what it needs (an SSE stream's terminator after
+  // `[DONE]`) so the connection can return to the pool; at most `max_bytes` within `timeout`, else the
+  // connection is closed. Never an error: a stream that cannot be finished is simply not reused.
+  boost::asio::awaitable<void> finish(std::chrono::milliseconds timeout, std::size_t max_bytes = 64 * 1024);
   // Closes the connection now (the peer sees EOF/RST at once).
   void close() noexcept;
 
