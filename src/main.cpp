@@ -116,6 +116,12 @@ int main(int argc, char** argv) {
     } else {
       auto loaded = ray::config::load(jobs_config, ray::config::process_environment(), {});
       if (!loaded) return config_error(loaded.error());
+      if (loaded->cfg.async_queue.store == ray::config::job_store_kind::postgres) {
+        std::cerr
+            << "ray jobs: asyncQueue.store is postgres; `ray jobs` reads the SQLite store only. Use the "
+               "HTTP API (/v1/jobs) of any node, or SQL on the table ray_jobs\n";
+        return 2;
+      }
       jobs_opts.storage_dir = std::filesystem::absolute(loaded->cfg.async_queue.storage_dir);
     }
     return ray::jobs::cli_command(jobs_opts, std::cout, std::cerr);

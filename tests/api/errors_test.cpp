@@ -42,6 +42,7 @@ TEST(ErrorMapping, EveryCodeOfTheContractTableHasItsStatus) {
       {errc::async_queue_storage_low, 503},
       {errc::shutting_down, 503},
       {errc::async_queue_disabled, 503},
+      {errc::async_queue_storage_unavailable, 503},
       {errc::request_timeout, 504},
       {errc::provider_timeout, 504},
   };
@@ -76,6 +77,7 @@ TEST(ErrorMapping, FixedRetryAftersFollowTheTable) {
   EXPECT_EQ(ray::api::error_response({errc::queue_full, "x"})["retry-after"], "1");
   EXPECT_EQ(ray::api::error_response({errc::shutting_down, "x"})["retry-after"], "5");
   EXPECT_EQ(ray::api::error_response({errc::async_queue_storage_low, "x"})["retry-after"], "30");
+  EXPECT_EQ(ray::api::error_response({errc::async_queue_storage_unavailable, "x"})["retry-after"], "5");
   EXPECT_EQ(ray::api::error_response({errc::request_timeout, "x"})["retry-after"], "5");
   auto disabled = ray::api::error_response({errc::async_queue_disabled, "x"});
   EXPECT_EQ(disabled.find("retry-after"), disabled.end());

@@ -57,7 +57,8 @@ TEST(Emit, AConfigUsingEveryOptionalFieldRoundTrips) {
     "scheduler":{"queueTimeoutMs":5000,"firstTokenTimeoutMs":9000},
     "gracefulDegradation":{"watchCgroups":["/sys/fs/cgroup/system.slice/llama.service"],"memoryPsiSomeAvg10Threshold":12.5},
     "prompts":{"templates":{"ops.ping.v1":{"family":"ops","lane":"short","system":"Reply with one word.","input":"{{ word }}","variables":["word"],"defaultMaxTokens":4,"responseFormat":"text"}}},
-    "asyncQueue":{"enabled":true,"callbackSecretEnv":"CB_SECRET","callbackAllowedHosts":["*.example.com"]},
+    "asyncQueue":{"enabled":true,"callbackSecretEnv":"CB_SECRET","callbackAllowedHosts":["*.example.com"],
+      "store":"postgres","postgresUrlEnv":"JOBS_PG_URL","leaseMs":5000},
     "auth":{"enabled":true,"apiKeySha256":[")" +
                    std::string(64, 'c') + R"("]},
     "tags":{"owner":"ops"}})");

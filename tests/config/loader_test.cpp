@@ -2,6 +2,7 @@
 #include "ray/config/config.hpp"
 
 #include <gtest/gtest.h>
+#include <boost/json/serialize.hpp>
 
 #include <algorithm>
 #include <cstdlib>
@@ -526,9 +527,35 @@ TEST(Loader, ProcessEnvironmentCollectsRayVariablesAndNamedOnes) {
 
 TEST(Loader, ReferencedEnvNamesAreTheSecretVariablesOfTheConfig) {
   auto c = load_ok(R"({"profile":"vps","model":{"adapter":{"apiKeyEnv":"UPSTREAM_KEY"}},
-                      "asyncQueue":{"callbackSecretEnv":"CB_SECRET"}})");
+                      "asyncQueue":{"callbackSecretEnv":"CB_SECRET","store":"postgres",
+                                    "postgresUrlEnv":"RAY_JOBS_PG_URL"}})");
   EXPECT_EQ(rc::referenced_env_names(c.cfg),
-            (std::vector<std::string>{"RAY_API_KEYS", "UPSTREAM_KEY", "CB_SECRET"}));
+            (std::vector<std::string>{"RAY_API_KEYS", "UPSTREAM_KEY", "CB_SECRET", "RAY_JOBS_PG_URL"}));
+}
+
+TEST(Loader, ThePostgresJobStoreKeysComeFromTheFileOrTheEnvironmentAndTheUrlStaysInItsVariable) {
+  auto defaults = load_ok(R"({"profile":"tiny"})");
+  EXPECT_EQ(defaults.cfg.async_queue.store, rc::job_store_kind::sqlite);
+  EXPECT_FALSE(defaults.cfg.async_queue.postgres_url_env.has_value());
+  EXPECT_EQ(defaults.cfg.async_queue.lease_ms, 30000u);
+
+  // The URL variable may itself be a RAY_* name: it is referenced, so it is no unknown-variable warning.
+  rc::env_map env{{"RAY_ASYNC_QUEUE_STORE", "postgres"},
+                  {"RAY_ASYNC_QUEUE_POSTGRES_URL_ENV", "RAY_JOBS_PG_URL"},
+                  {"RAY_ASYNC_QUEUE_LEASE_MS", "2000"},
+                  {"RAY_JOBS_PG_URL", "postgresql://ray:hunter2-pg@db.internal/jobs"}};
+  auto c = load_ok(R"({"profile":"tiny"})", env);
+  EXPECT_EQ(c.cfg.async_queue.store, rc::job_store_kind::postgres);
+  EXPECT_EQ(c.cfg.async_queue.postgres_url_env, "RAY_JOBS_PG_URL");
+  EXPECT_EQ(c.cfg.async_queue.lease_ms, 2000u);
+  for (auto const& w : c.warnings)
+    EXPECT_EQ(w.message.find("RAY_JOBS_PG_URL"), std::string::npos) << w.message;
+  auto const shown = boost::json::serialize(rc::to_public_json(c)) + rc::explain(c);
+  EXPECT_EQ(shown.find("hunter2-pg"), std::string::npos) << "the connection string is never shown";
+  EXPECT_NE(shown.find("RAY_JOBS_PG_URL"), std::string::npos) << "the variable's name is";
+
+  EXPECT_EQ(load_error(R"({"profile":"tiny"})", {{"RAY_ASYNC_QUEUE_LEASE_MS", "100"}}),
+            "asyncQueue.leaseMs: 100 is below the minimum 1000 (set by RAY_ASYNC_QUEUE_LEASE_MS)");
 }
 
 }  // namespace

@@ -22,6 +22,26 @@ bool loads(std::string_view text, rc::env_map const& env = {}, rc::flag_override
   return r.has_value();
 }
 
+TEST(Validate, ThePostgresJobStoreNeedsTheNameOfItsUrlVariableAndASaneLease) {
+  EXPECT_EQ(
+      load_error(R"({"profile":"tiny","asyncQueue":{"store":"postgres"}})"),
+      "asyncQueue.postgresUrlEnv: is required when asyncQueue.store is \"postgres\": name the environment "
+      "variable holding the PostgreSQL connection string (the string itself is never in the config)");
+  EXPECT_EQ(
+      load_error(R"({"profile":"tiny","asyncQueue":{"store":"postgres","postgresUrlEnv":"not a name"}})")
+          .rfind("asyncQueue.postgresUrlEnv: ", 0),
+      0u);
+  EXPECT_EQ(load_error(R"({"profile":"tiny","asyncQueue":{"store":"mysql"}})"),
+            "asyncQueue.store: \"mysql\" is not one of \"sqlite\", \"postgres\"");
+  EXPECT_EQ(load_error(R"({"profile":"tiny","asyncQueue":{"leaseMs":999}})"),
+            "asyncQueue.leaseMs: 999 is below the minimum 1000");
+  EXPECT_EQ(load_error(R"({"profile":"tiny","asyncQueue":{"leaseMs":600001}})"),
+            "asyncQueue.leaseMs: 600001 is above the maximum 600000");
+  EXPECT_TRUE(
+      loads(R"({"profile":"tiny","asyncQueue":{"store":"postgres","postgresUrlEnv":"JOBS_PG_URL"}})"));
+  EXPECT_TRUE(loads(R"({"profile":"tiny","asyncQueue":{"store":"sqlite"}})")) << "sqlite needs no URL";
+}
+
 TEST(Validate, ConcurrencyMayNotExceedTheLlamaServerSlots) {
   EXPECT_EQ(load_error(R"({"profile":"sub1b","scheduler":{"concurrency":3}})"),
             "scheduler.concurrency: 3 is above model.adapter.launchProfile.parallel 2 (llama-server runs at "

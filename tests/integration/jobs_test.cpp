@@ -244,7 +244,9 @@ TEST(Jobs, JobsSurviveARestartAndTheTypeScriptGatewaysRecordsAreImported) {
   auto const storage = storage_parent.path() / "storage";
   std::filesystem::create_directories(storage);
   std::filesystem::copy(std::filesystem::path(RAY_TEST_FIXTURES) / "ts-jobs" / "jobs", storage / "jobs");
-  auto cfg = jobs_config({{"storageDir", storage.string()}});
+  // The fixture's finished jobs completed on 2026-12-06: keep them for a year so the default 24 h TTL does
+  // not prune them before they are read (the test failed from 2026-12-07 on).
+  auto cfg = jobs_config({{"storageDir", storage.string()}, {"completedTtlMs", 31'536'000'000}});
   std::string kept;
   {
     ray_server s(cfg, {}, secret_env());

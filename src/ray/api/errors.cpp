@@ -56,6 +56,7 @@ http::status status_of(errc code) noexcept {
     case errc::async_queue_storage_low:
     case errc::shutting_down:
     case errc::async_queue_disabled:
+    case errc::async_queue_storage_unavailable:
       return s::service_unavailable;
     case errc::request_timeout:
     case errc::provider_timeout:
@@ -78,6 +79,8 @@ std::optional<double> retry_after_ms(ray::error const& err) {
       return err.retry_after_ms.value_or(1000.0);  // the store computes when room appears
     case errc::async_queue_storage_low:
       return err.retry_after_ms.value_or(30000.0);
+    case errc::async_queue_storage_unavailable:
+      return err.retry_after_ms.value_or(5000.0);  // the store reconnects by itself
     case errc::shutting_down:
       return 5000.0;
     case errc::request_timeout:

@@ -167,7 +167,9 @@ http::response router::health() const {
   if (auto const* js = app_.job_store) {
     auto const c = js->current_counts();
     auto const& q = cfg.async_queue;
-    boost::json::object aq{{"enabled", true}, {"degraded", js->degraded() || async_queue_pressure(app_)}};
+    boost::json::object aq{{"enabled", true},
+                           {"store", config::job_store_kind_name(q.store)},
+                           {"degraded", js->degraded() || async_queue_pressure(app_)}};
     for (std::size_t i = 0; i < jobs::status_count; ++i)
       aq[jobs::status_name(static_cast<jobs::status>(i))] = c.by_status[i];
     aq["callbackPending"] = c.callback_pending;

@@ -10,6 +10,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/address.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -111,9 +112,23 @@ jobs::callback_policy callback_policy_for(config::async_queue_config const& q) {
   return p;
 }
 
-// Opens the job store under asyncQueue.storageDir and imports the TypeScript gateway's records once.
+// Opens the job store: the shared PostgreSQL database (asyncQueue.store = postgres; `postgres_url` is the
+// value of the variable asyncQueue.postgresUrlEnv names), else SQLite under asyncQueue.storageDir. Either way
+// the TypeScript gateway's records under storageDir (if any) are imported once.
 result<std::unique_ptr<jobs::store>> open_job_store(config::async_queue_config const& q,
-                                                    telemetry::logger& log) {
+                                                    std::string postgres_url, telemetry::logger& log) {
+  if (q.store == config::job_store_kind::postgres) {
+    jobs::postgres_options o;
+    o.conninfo = std::move(postgres_url);
+    o.lease = std::chrono::milliseconds(q.lease_ms);
+    o.max_jobs = q.max_jobs;
+    o.completed_ttl_ms = q.completed_ttl_ms;
+    auto s = jobs::open_postgres_store(o);
+    if (!s) return s.error();
+    auto imported = jobs::import_ts_jobs(std::filesystem::absolute(q.storage_dir), **s, log);
+    if (!imported) return imported.error();
+    return s;
+  }
   jobs::sqlite_options o;
   o.dir = std::filesystem::absolute(q.storage_dir);
   o.max_jobs = q.max_jobs;
@@ -430,6 +445,25 @@ int serve(config::loaded_config loaded, serve_options opts) {
       return 2;
     }
   }
+  // The PostgreSQL job store's connection string (it may hold a password): only ever in the environment.
+  std::string postgres_url;
+  bool const postgres_jobs =
+      cfg.async_queue.enabled && cfg.async_queue.store == config::job_store_kind::postgres;
+  if (postgres_jobs) {
+    auto const& name = cfg.async_queue.postgres_url_env.value_or("");
+    auto value = env_value(name);
+    if (!value || value->empty()) {
+      auto why = "asyncQueue.postgresUrlEnv names " + name +
+                 ", which is not set: asyncQueue.store is postgres and needs the connection string there "
+                 "(e.g. " +
+                 name + "=postgresql://ray@db.internal/ray)";
+      log.error("configuration refused", {{"reason", why}});
+      log.flush();
+      std::fprintf(stderr, "ray: %s\n", why.c_str());
+      return 2;
+    }
+    postgres_url = std::move(*value);
+  }
 
   io_context ioc(static_cast<int>(cfg.server.threads));
   telemetry::registry metrics;
@@ -466,9 +500,11 @@ int serve(config::loaded_config loaded, serve_options opts) {
   std::unique_ptr<jobs::store> job_store;
   std::unique_ptr<jobs::dispatcher> job_dispatcher;
   if (cfg.async_queue.enabled) {
-    auto opened = open_job_store(cfg.async_queue, log);
+    auto opened = open_job_store(cfg.async_queue, std::move(postgres_url), log);
     if (!opened) {
-      log.error("cannot start", {{"reason", opened.error().message}, {"setting", "asyncQueue.storageDir"}});
+      log.error("cannot start",
+                {{"reason", opened.error().message},
+                 {"setting", postgres_jobs ? "asyncQueue.postgresUrlEnv" : "asyncQueue.storageDir"}});
       log.flush();
       std::fprintf(stderr, "ray: %s\n", opened.error().message.c_str());
       return 1;
@@ -477,6 +513,11 @@ int serve(config::loaded_config loaded, serve_options opts) {
     job_dispatcher = std::make_unique<jobs::dispatcher>(
         ioc.get_executor(), *job_store, job_runner(loaded, rt),
         dispatcher_options_for(cfg.async_queue, callback_secret, rt), metrics, log);
+    // Another node's submission (PostgreSQL NOTIFY) or a requeued expired lease wakes this dispatcher: the
+    // store calls this on its own thread, the wake itself runs on the loop. Unregistered before the
+    // dispatcher goes; a wake posted after the loop stopped is destroyed unrun with the pending work.
+    job_store->set_wake_callback(
+        [ex = ioc.get_executor(), d = job_dispatcher.get()] { boost::asio::post(ex, [d] { d->wake(); }); });
   }
   a.job_store = job_store.get();
   a.job_dispatcher = job_dispatcher.get();
@@ -561,6 +602,7 @@ int serve(config::loaded_config loaded, serve_options opts) {
   // runtime and server they point into (their destructors may still touch them, e.g. a slot guard).
   // The job store's thread finishes its queue first (its completions are posted to this stopped loop and
   // destroyed with the rest of the pending work).
+  if (job_store) job_store->set_wake_callback({});
   job_dispatcher.reset();
   job_store.reset();
   ioc.destroy_pending_work();

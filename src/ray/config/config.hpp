@@ -228,8 +228,13 @@ struct template_config {
   friend bool operator==(template_config const&, template_config const&) = default;
 };
 
+// Where durable jobs are kept: the embedded SQLite file, or a PostgreSQL database several nodes share.
+enum class job_store_kind { sqlite, postgres };
+std::string_view job_store_kind_name(job_store_kind k) noexcept;  // "sqlite" | "postgres"
+
 struct async_queue_config {
   bool enabled{false};
+  job_store_kind store{job_store_kind::sqlite};
   std::string storage_dir{"./data/async-queue"};
   std::uint32_t max_jobs{32};
   std::uint32_t min_free_storage_mib{64};
@@ -242,6 +247,11 @@ struct async_queue_config {
   std::vector<std::string> callback_allowed_hosts{};
   bool callback_allow_private_network{false};
   std::optional<std::string> callback_secret_env{};
+  // store = postgres: the environment variable holding the libpq connection string or URI (the string itself,
+  // which may carry a password, is never in the config); required then.
+  std::optional<std::string> postgres_url_env{};
+  std::uint32_t lease_ms{
+      30'000};  // store = postgres: how long a node's claim on a running job lasts unrenewed
 
   friend bool operator==(async_queue_config const&, async_queue_config const&) = default;
 };

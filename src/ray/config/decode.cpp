@@ -579,6 +579,8 @@ void decoder::one_template(json::value const& v, std::string const& path, templa
 void decoder::async_queue(json::value const& v, std::string const& path, async_queue_config& q) {
   object(v, path,
          {{"enabled", boolean(q.enabled)},
+          {"store", choice<job_store_kind>(q.store, {{"sqlite", job_store_kind::sqlite},
+                                                     {"postgres", job_store_kind::postgres}})},
           {"storageDir", string(q.storage_dir)},
           {"maxJobs", u32(q.max_jobs)},
           {"minFreeStorageMiB", u32(q.min_free_storage_mib)},
@@ -590,7 +592,9 @@ void decoder::async_queue(json::value const& v, std::string const& path, async_q
           {"maxCallbackAttempts", u32(q.max_callback_attempts)},
           {"callbackAllowedHosts", strings(q.callback_allowed_hosts)},
           {"callbackAllowPrivateNetwork", boolean(q.callback_allow_private_network)},
-          {"callbackSecretEnv", opt_string(q.callback_secret_env)}});
+          {"callbackSecretEnv", opt_string(q.callback_secret_env)},
+          {"postgresUrlEnv", opt_string(q.postgres_url_env)},
+          {"leaseMs", u32(q.lease_ms)}});
 }
 
 void decoder::telemetry(json::value const& v, std::string const& path, telemetry_config& t) {

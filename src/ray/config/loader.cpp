@@ -108,6 +108,7 @@ constexpr env_var env_vars[] = {
     {"RAY_PROMPT_COMPILER_DEDUPE_REPEATED_LINES", "promptCompiler.dedupeRepeatedLines", boolean},
     {"RAY_PROMPT_COMPILER_FAMILY_METADATA_KEYS", "promptCompiler.familyMetadataKeys", list},
     {"RAY_ASYNC_QUEUE_ENABLED", "asyncQueue.enabled", boolean},
+    {"RAY_ASYNC_QUEUE_STORE", "asyncQueue.store", string},
     {"RAY_ASYNC_QUEUE_STORAGE_DIR", "asyncQueue.storageDir", string},
     {"RAY_ASYNC_QUEUE_MAX_JOBS", "asyncQueue.maxJobs", integer},
     {"RAY_ASYNC_QUEUE_MIN_FREE_STORAGE_MIB", "asyncQueue.minFreeStorageMiB", integer},
@@ -119,6 +120,8 @@ constexpr env_var env_vars[] = {
     {"RAY_ASYNC_QUEUE_MAX_CALLBACK_ATTEMPTS", "asyncQueue.maxCallbackAttempts", integer},
     {"RAY_ASYNC_QUEUE_CALLBACK_ALLOWED_HOSTS", "asyncQueue.callbackAllowedHosts", list},
     {"RAY_ASYNC_QUEUE_CALLBACK_ALLOW_PRIVATE_NETWORK", "asyncQueue.callbackAllowPrivateNetwork", boolean},
+    {"RAY_ASYNC_QUEUE_POSTGRES_URL_ENV", "asyncQueue.postgresUrlEnv", string},
+    {"RAY_ASYNC_QUEUE_LEASE_MS", "asyncQueue.leaseMs", integer},
     {"RAY_AUTH_ENABLED", "auth.enabled", boolean},
     {"RAY_AUTH_API_KEY_ENV", "auth.apiKeyEnv", string},
     {"RAY_RATE_LIMIT_ENABLED", "rateLimit.enabled", boolean},
@@ -556,6 +559,7 @@ std::vector<std::string> referenced_env_names(config const& cfg) {
   if (!cfg.auth.api_key_env.empty()) out.push_back(cfg.auth.api_key_env);
   if (cfg.model.adapter.api_key_env) out.push_back(*cfg.model.adapter.api_key_env);
   if (cfg.async_queue.callback_secret_env) out.push_back(*cfg.async_queue.callback_secret_env);
+  if (cfg.async_queue.postgres_url_env) out.push_back(*cfg.async_queue.postgres_url_env);
   return out;
 }
 

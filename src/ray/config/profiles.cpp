@@ -44,6 +44,10 @@ std::string_view cache_scope_name(cache_scope s) noexcept {
   return s == cache_scope::global ? "global" : "key";
 }
 
+std::string_view job_store_kind_name(job_store_kind k) noexcept {
+  return k == job_store_kind::postgres ? "postgres" : "sqlite";
+}
+
 std::string_view lane_name(lane l) noexcept {
   return l == lane::short_lane ? "short" : "draft";
 }

@@ -550,6 +550,12 @@ void check_rest(checker& c, config const& cfg) {
              quote(q.callback_allowed_hosts[i]) + " is not a host name, IP address or *.suffix");
   }
   if (q.callback_secret_env) c.env_name("asyncQueue.callbackSecretEnv", *q.callback_secret_env);
+  if (q.postgres_url_env) c.env_name("asyncQueue.postgresUrlEnv", *q.postgres_url_env);
+  if (q.store == job_store_kind::postgres && !q.postgres_url_env)
+    c.fail("asyncQueue.postgresUrlEnv",
+           "is required when asyncQueue.store is \"postgres\": name the environment variable holding the "
+           "PostgreSQL connection string (the string itself is never in the config)");
+  c.range("asyncQueue.leaseMs", q.lease_ms, 1000, 600'000);
 
   c.text("telemetry.serviceName", cfg.telemetry.service_name, 1, 128);
   c.range("telemetry.slowRequestThresholdMs", cfg.telemetry.slow_request_threshold_ms, 1, 600'000);

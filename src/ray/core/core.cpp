@@ -82,6 +82,8 @@ std::string_view code_name(errc code) noexcept {
       return "provider_timeout";
     case errc::context_length_exceeded:
       return "context_length_exceeded";
+    case errc::async_queue_storage_unavailable:
+      return "async_queue_storage_unavailable";
   }
   return "internal_error";
 }

@@ -51,6 +51,8 @@ enum class errc : std::uint8_t {
   provider_timeout,
   context_length_exceeded,  // OpenAI-route wording of a context overflow (400)
   job_not_cancellable,      // DELETE /v1/jobs/{id} of a job that already finished (409)
+  // The PostgreSQL job store is unreachable (503 with Retry-After; it reconnects by itself).
+  async_queue_storage_unavailable,
 };
 
 // The lower_snake wire name of a code, e.g. "queue_full".

@@ -157,6 +157,13 @@ class store {
   virtual counts current_counts() const noexcept = 0;
   virtual bool degraded() const noexcept = 0;
   virtual std::optional<std::uint64_t> available_storage_mib() const noexcept = 0;
+
+  // Work became claimable that this process did not submit (PostgreSQL: another node's insert seen through
+  // LISTEN/NOTIFY, or a job whose lease expired put back in the queue): the store calls `fn`, on its own
+  // thread — `fn` must be cheap and thread-safe (post to your executor, e.g. dispatcher::wake). Replaces an
+  // earlier registration; an empty function unregisters. Default: never called (the SQLite store has one
+  // process; polling remains the fallback either way).
+  virtual void set_wake_callback(std::function<void()> fn) { (void)fn; }
 };
 
 struct sqlite_options {
@@ -249,5 +256,42 @@ struct cli_options {
   std::filesystem::path storage_dir;  // asyncQueue.storageDir of the config
 };
 int cli_command(cli_options const& o, std::ostream& out, std::ostream& err);
+
+}  // namespace ray::jobs
+
+namespace ray::jobs {
+
+// The PostgreSQL job store (spec/scale-out.md "Jobs: PostgreSQL"): several nodes share one database. Same
+// record shape and `store` semantics as the SQLite store, plus leases: `claim` takes due jobs with one
+// `FOR UPDATE SKIP LOCKED` statement and records this node as their lease owner; the store renews the leases
+// of the jobs it holds (claimed, not yet finished) from its own thread; `recover` (also run periodically by
+// the store) returns jobs whose lease expired to the queue; `finish` applies only while this node holds the
+// lease. libpq is blocking: every call runs on the store's dedicated thread. A lost connection is not a
+// latch: calls answer async_queue_storage_unavailable (retry_after_ms 5000) while the store reconnects with
+// back-off, degraded() holds meanwhile, and finishes recorded during the outage are buffered (bounded) and
+// written when the connection returns. available_storage_mib() is nullopt (the database's disk is not this
+// node's).
+struct postgres_options {
+  std::string conninfo;   // libpq connection string or URI (from the env var asyncQueue.postgresUrlEnv names)
+  std::string node_id{};  // lease owner name; empty = "<hostname>:<pid>"
+  std::chrono::milliseconds lease{30'000};
+  std::chrono::milliseconds renew_every{0};      // 0 = lease / 3
+  std::chrono::milliseconds recover_every{0};    // periodic recovery of expired leases; 0 = lease / 2
+  std::chrono::milliseconds counts_every{1000};  // current_counts() refresh (other nodes write too)
+  std::uint32_t max_jobs{32};
+  std::uint64_t completed_ttl_ms{86'400'000};  // for the Retry-After of a full store
+  std::chrono::milliseconds connect_timeout{5000};
+  std::chrono::milliseconds reconnect_max{5000};  // reconnect back-off cap (starts at 100 ms, doubles)
+  std::size_t max_buffered_finishes{1024};        // outcomes kept while disconnected (oldest dropped)
+  ray::clock const* clock{nullptr};               // wall time for Retry-After estimates; null = system clock
+};
+
+// Connects (blocking, once, in the caller's thread), creates or migrates the schema under an advisory lock
+// (refusing a newer version), LISTENs, and starts the store thread. Errors name what failed (never the
+// password).
+result<std::unique_ptr<store>> open_postgres_store(postgres_options const& opts);
+
+// The schema version this build writes (the one row of table ray_schema).
+inline constexpr int postgres_schema_version = 1;
 
 }  // namespace ray::jobs
