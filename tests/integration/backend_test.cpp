@@ -831,20 +831,8 @@ TEST(Backend, ASlotBusyWithAnotherClientsWorkIsAvoided) {
   EXPECT_EQ(num(last_body(f.stats()), "id_slot"), 1);
 }
 
-std::uint16_t free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 TEST(Backend, ASupervisedLlamaServerThatCrashesIsRespawnedAndItsLoadTimeReported) {
-  auto const port = free_port();
+  auto const port = ray::test::free_loopback_port();
   std::string const url = "http://127.0.0.1:" + std::to_string(port);
   json::object lp{{"host", "127.0.0.1"},
                   {"port", port},

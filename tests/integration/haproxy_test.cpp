@@ -32,18 +32,6 @@ std::string find_haproxy() {
   return {};
 }
 
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 // One command on HAProxy's stats socket; the whole answer ("" when the socket is not there yet).
 std::string stats_command(std::filesystem::path const& sock, std::string const& cmd) {
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -115,7 +103,8 @@ TEST(HAProxy, ADrainedNodeLeavesTheBalancerWithoutAFailedRequestAndComesBackAfte
   auto const haproxy = find_haproxy();
   if (haproxy.empty()) RAY_SKIP_OR_FAIL("SKIP: haproxy not installed (scripts/bootstrap installs it)");
   rt::temp_dir dir;
-  int const port1 = free_port(), port2 = free_port(), front = free_port();
+  int const port1 = ray::test::free_loopback_port(), port2 = ray::test::free_loopback_port(),
+            front = ray::test::free_loopback_port();
   auto const sock = dir.path() / "haproxy.sock";
   std::string const conf =
       "global\n"

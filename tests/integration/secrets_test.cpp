@@ -378,18 +378,6 @@ std::string transitions(rt::ray_process& p) {
          << debug << " debug)";
 }
 
-std::uint16_t free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 // ---- an OpenAI-compatible upstream that echoes its request into its errors
 // ---------------------------------
 
@@ -955,7 +943,7 @@ TEST(secrets, ASupervisedLlamaServersApiKeyStaysOutOfTheLog) {
   needle_set needles;
   needles.add_secret("client key", key);
   needles.add_secret("supervised --api-key", supervised);
-  auto const port = free_port();
+  auto const port = ray::test::free_loopback_port();
   ray_server s(supervised_config(port, json::array{"--api-key", supervised}, "SECRETS_TEST_SUPERVISED_KEY"),
                no_host_pressure(), {{"SECRETS_TEST_KEYS", key}, {"SECRETS_TEST_SUPERVISED_KEY", supervised}});
   ASSERT_TRUE(s.wait_listening());
@@ -1202,7 +1190,8 @@ TEST(secrets, TheConfigViewRedactsASecretFlagValueThatStartsWithADash) {
   auto const dash_key = "-" + make_secret("DASHAPIKEY");
   needle_set needles;
   needles.add_secret("extraArgs --api-key value starting with '-'", dash_key);
-  auto const port = free_port();  // nobody listens: the backend stays unreachable, which is fine here
+  auto const port =
+      ray::test::free_loopback_port();  // nobody listens: the backend stays unreachable, which is fine here
   json::object launch{{"host", "127.0.0.1"},
                       {"port", port},
                       {"ctxSize", 2048},
@@ -1324,7 +1313,7 @@ TEST(secrets, WhatASupervisedLlamaServerEchoesOfItsSecretArgumentsIsNotLogged) {
   needles.add_secret("supervised --api-key", api);
   needles.add_secret("supervised --hf-token", hf);
   needles.add_secret("supervised -hft", hft);
-  auto const port = free_port();
+  auto const port = ray::test::free_loopback_port();
   ray_server s(supervised_config(port, json::array{"--api-key", api, "--hf-token=" + hf, "-hft", hft},
                                  "SECRETS_TEST_SUPERVISED_KEY"),
                no_host_pressure(), {{"SECRETS_TEST_KEYS", key}, {"SECRETS_TEST_SUPERVISED_KEY", api}});

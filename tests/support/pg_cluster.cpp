@@ -54,18 +54,6 @@ std::string tail_of(std::filesystem::path const& p) {
 
 }  // namespace
 
-int free_loopback_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 std::filesystem::path find_pg_bindir() {
   if (char const* env = std::getenv("RAY_PG_BINDIR")) {  // an explicit choice: used only if it has them
     std::filesystem::path const bin = env;

@@ -12,14 +12,13 @@
 #include <string>
 #include <vector>
 
+#include "support/ray_process.hpp"  // free_loopback_port
+
 namespace ray::test {
 
 // The directory holding initdb and pg_ctl: RAY_PG_BINDIR when set (used only if it has them), else the newest
 // /usr/lib/postgresql/<version>/bin. Empty when there is none.
 std::filesystem::path find_pg_bindir();
-
-// A loopback TCP port that was free a moment ago.
-int free_loopback_port();
 
 struct pg_cluster {
   bool available{false};

@@ -30,6 +30,9 @@ namespace ray::test {
 using steady = std::chrono::steady_clock;
 using deadline = steady::time_point;
 
+// A loopback TCP port that was free a moment ago (bound to port 0 and closed again).
+int free_loopback_port();
+
 // now + d, the way tests state deadlines: `in(std::chrono::seconds(10))`.
 inline deadline in(steady::duration d) {
   return steady::now() + d;
