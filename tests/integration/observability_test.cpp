@@ -515,5 +515,73 @@ TEST(Observability, AnOverloadIsSummarisedInTheLogNotLoggedPerRefusal) {
       << "the summaries' counts add up to " << logged() << ", refusals " << full.load();
 }
 
+// ---- 5. polled routes in the log
+// ----------------------------------------------------------------------------------------------
+
+TEST(Observability, PolledRoutesLogAtDebugAndApiRequestsAtInfo) {
+  // The status page polls /health and /metrics every 2 s, load balancers poll /readyz: at the default level
+  // (info) none of them may write a request line, while an API request still does.
+  ray_server s(test_config(), no_host_pressure());
+  ASSERT_TRUE(s.wait_listening());
+  for (auto const* path : {"/livez", "/readyz", "/health", "/metrics"}) {
+    auto r = roundtrip(s.port(), get(path));
+    ASSERT_TRUE(r) << path;
+    EXPECT_EQ(r->status, 200) << path;
+  }
+  EXPECT_EQ(infer(s.port(), infer_body("logged")).status, 200);
+  auto const request_lines = [&] {
+    std::vector<std::string> routes;
+    for (auto const& l : s.process().lines()) {
+      auto o = rt::parse_log_line(l.text);
+      if (o && rt::string_field(*o, "message") == "request completed")
+        routes.push_back(rt::string_field(*o, "route"));
+    }
+    return routes;
+  };
+  // The log is written in order by one thread: once the API request's line is there, the probes' would be
+  // too.
+  ASSERT_TRUE(eventually([&] {
+    auto const r = request_lines();
+    return std::find(r.begin(), r.end(), "/v1/infer") != r.end();
+  })) << s.output_tail();
+  auto const routes = request_lines();
+  EXPECT_EQ(routes, std::vector<std::string>{"/v1/infer"}) << s.output_tail();
+}
+
+TEST(Observability, HealthSplitsTheQueueByLane) {
+  // One request generating (concurrency 1), then a short one (maxTokens 8 ≤ shortJobMaxTokens) and two long
+  // ones waiting: /health's queue shows depth 3 as short 1 + draft 2.
+  ray_server s(slow_mock(60'000, {{"scheduler", json::object{{"concurrency", 1}}}}), no_host_pressure());
+  ASSERT_TRUE(s.wait_listening());
+  auto const queue = [&]() -> json::object {
+    auto r = roundtrip(s.port(), get("/health"));
+    if (!r) return {};
+    auto b = json_body(*r);
+    if (!b || !b->contains("runtime")) return {};
+    return b->at("runtime").at("queue").as_object();
+  };
+  std::vector<rt::raw_client> clients;
+  auto const send = [&](std::string const& input, int max_tokens) {
+    clients.emplace_back(s.port());
+    ASSERT_TRUE(clients.back().send(post_json("/v1/infer", infer_body(input, {{"maxTokens", max_tokens}}))));
+  };
+  send("generating", 200);
+  ASSERT_TRUE(eventually([&] {
+    auto q = queue();
+    return q.contains("inFlight") && num(q, "inFlight") == 1;
+  }));
+  send("short one", 8);
+  send("long one", 200);
+  send("long two", 200);
+  ASSERT_TRUE(eventually([&] {
+    auto q = queue();
+    return q.contains("depth") && num(q, "depth") == 3;
+  })) << json::serialize(queue());
+  auto const q = queue();
+  ASSERT_TRUE(q.contains("lanes")) << json::serialize(q);
+  EXPECT_EQ(num(q.at("lanes").as_object(), "short"), 1) << json::serialize(q);
+  EXPECT_EQ(num(q.at("lanes").as_object(), "draft"), 2) << json::serialize(q);
+}
+
 }  // namespace
 }  // namespace ray::itest

@@ -312,6 +312,10 @@ describe('status page in headless Chromium', () => {
     await page.waitFor(`() => document.getElementById('m-queue').classList.contains('bad') &&
       /Queue at 100 %/.test(document.getElementById('trouble').textContent)`, 10000, 'the queue at 100 %');
     assert.ok(await page.eval(`document.getElementById('c-queue').classList.contains('bad')`));
+    // Per lane: both waiting requests (maxTokens 8 ≤ shortJobMaxTokens) are in the short lane.
+    await page.waitFor(`() => /^2 \\/ 2/.test(document.querySelector('#m-lane-short .v').textContent)`, 10000,
+      'two waiting in the short lane');
+    assert.match(await page.text('#m-lane-draft .v'), /^0 \/ 2/);
     const refused = await infer();
     assert.equal(refused.status, 503);
     assert.equal((await refused.json()).error.code, 'queue_full');

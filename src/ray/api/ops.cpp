@@ -98,6 +98,8 @@ http::response router::health() const {
       {"depthRatio", ratio(stats.queue_depth, cfg.scheduler.max_queue)},
       {"threshold", cfg.graceful_degradation.queue_depth_threshold},
       {"maxQueue", cfg.scheduler.max_queue},
+      // Both lanes share maxQueue (the scheduler has no per-lane cap); the split shows which kind is waiting.
+      {"lanes", boost::json::object{{"short", stats.short_depth}, {"draft", stats.draft_depth}}},
       {"inFlight", stats.in_flight},
       {"inFlightRatio", ratio(stats.in_flight, cfg.scheduler.concurrency)},
       {"concurrency", cfg.scheduler.concurrency},

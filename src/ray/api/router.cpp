@@ -19,8 +19,10 @@ using namespace boost::asio::experimental::awaitable_operators;
 constexpr std::string_view json_type = "application/json; charset=utf-8";
 constexpr std::string_view get_head = "GET, HEAD, OPTIONS";
 
+// Routes that machines poll (probes, scrapes, the status page's /health every 2 s): their request lines log
+// at debug, so an open browser tab or a load balancer's health check does not fill the log.
 bool is_probe(route_id id) noexcept {
-  return id == route_id::livez || id == route_id::readyz || id == route_id::metrics;
+  return id == route_id::livez || id == route_id::readyz || id == route_id::health || id == route_id::metrics;
 }
 
 bool method_allowed(route_id id, http::verb m) noexcept {

@@ -858,7 +858,7 @@ void runtime::count_rejection(errc code) {
 
 runtime_stats runtime::stats() const noexcept {
   auto s = impl_->sched.stats();
-  return {s.queue_depth, s.in_flight, s.queued_tokens, s.in_flight_tokens};
+  return {s.queue_depth, s.in_flight, s.queued_tokens, s.in_flight_tokens, s.short_depth, s.draft_depth};
 }
 
 cache_view runtime::cache_stats() const noexcept {

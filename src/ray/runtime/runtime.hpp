@@ -121,6 +121,8 @@ struct runtime_stats {
   std::uint32_t in_flight{0};
   std::uint64_t queued_tokens{0};
   std::uint64_t in_flight_tokens{0};
+  std::uint32_t short_depth{0};  // of queue_depth, waiting in the short lane
+  std::uint32_t draft_depth{0};  // of queue_depth, waiting in the draft lane
 };
 
 struct cache_view {
