@@ -62,11 +62,13 @@ fuzz: asan
 	  tail -n 6 $$work.log; \
 	done
 
-# bench/overhead.sh (direct vs Ray vs nginx, ~5 min) then bench/foundation.sh (Ray vs the reference server, < 1 min);
-# each builds the Release targets it needs and rewrites its file in bench/results/.
+# bench/overhead.sh (direct vs Ray vs nginx, ~5 min), bench/foundation.sh (Ray vs the reference server, < 1 min)
+# and bench/metrics_scrape.sh (/metrics while the backend's hangs, ~15 s); each builds the Release targets it
+# needs and rewrites its file in bench/results/.
 bench: bootstrap build/release/build.ninja
 	@./bench/overhead.sh
 	@./bench/foundation.sh
+	@./bench/metrics_scrape.sh
 
 fmt:
 	@git ls-files '*.cpp' '*.hpp' | xargs clang-format -i
