@@ -16,12 +16,10 @@
 #include "ray/jobs/jobs.hpp"
 #include "ray/jobs/libpq.hpp"
 #include "ray/jobs/postgres_rows.hpp"
+#include "ray/jobs/store_thread.hpp"
 
-#include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
-#include <boost/asio/execution/outstanding_work.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/prefer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
@@ -76,12 +74,8 @@ std::string default_node_id() {
 // through its results instead.
 void ignore_notice(void*, char const*) {}
 
-// A task for the store thread. Move-only (the awaiting coroutine's handler is).
-struct task {
-  virtual ~task() = default;
-  virtual void run(pg_store& s) = 0;
-  virtual bool is_insert() const noexcept { return false; }
-};
+using task = store_thread::task<pg_store>;  // a call queued to the store thread (store_thread.hpp)
+using insert_task = store_thread::insert_task<pg_store>;
 
 // A finish recorded while the connection was down, written when it returns.
 struct buffered_finish {
@@ -882,70 +876,14 @@ struct pg_store final : store {
   std::function<void()> wake_fn;
 };
 
-template <class Handler>
-auto work_of(Handler const& h) {
-  return asio::prefer(asio::get_associated_executor(h), asio::execution::outstanding_work.tracked);
-}
-
-// The awaiting coroutine's completion: posted to its own executor, holding outstanding work on it from the
-// start, so io_context::run does not return while a store call is in progress.
-template <class R>
-struct completion_base {
-  virtual ~completion_base() = default;
-  virtual void complete(R r) = 0;
-};
-
-template <class R, class Handler>
-struct completion final : completion_base<R> {
-  explicit completion(Handler h) : handler(std::move(h)), work(work_of(handler)) {}
-  void complete(R r) override {
-    asio::post(work, [h = std::move(handler), r = std::move(r)]() mutable { std::move(h)(std::move(r)); });
-  }
-  Handler handler;
-  decltype(work_of(std::declval<Handler const&>())) work;
-};
-
-// A call onto the store thread: `fn` runs there, its value completes the awaiting coroutine.
-template <class R, class F>
-struct call_task final : task {
-  explicit call_task(F f) : fn(std::move(f)) {}
-  void run(pg_store& s) override { done->complete(fn(s)); }
-  F fn;
-  std::unique_ptr<completion_base<R>> done;
-};
-
-// One insert of a group commit.
-struct insert_task final : task {
-  explicit insert_task(job j) : item(std::move(j)) {}
-  bool is_insert() const noexcept override { return true; }
-  void run(pg_store&) override {}
-  void complete(result<insert_outcome> r) { done->complete(std::move(r)); }
-  job item;
-  std::unique_ptr<completion_base<result<insert_outcome>>> done;
-};
-
-// Not coroutines, on purpose (as in sqlite_store.cpp): the arguments are moved into a heap task by this plain
-// function and only a pointer crosses into Asio's coroutine machinery — GCC 12 mis-copies class-type
-// prvalues passed by value into a coroutine. The task is owned by the queue once the awaitable is awaited.
+// Plain functions, not coroutines: see store_thread::submit (the GCC 12 prvalue rule).
 template <class R, class F>
 asio::awaitable<R> pg_store::call(F f) {
-  auto* t = new call_task<R, F>(std::move(f));
-  return asio::async_initiate<decltype(asio::use_awaitable), void(R)>(
-      [this, t](auto handler) {
-        t->done = std::make_unique<completion<R, decltype(handler)>>(std::move(handler));
-        push(std::unique_ptr<task>(t));
-      },
-      asio::use_awaitable);
+  return store_thread::submit<R>(this, new store_thread::call_task<pg_store, R, F>(std::move(f)));
 }
 
 asio::awaitable<result<insert_outcome>> pg_store::insert(job j) {
-  auto* t = new insert_task(std::move(j));
-  return asio::async_initiate<decltype(asio::use_awaitable), void(result<insert_outcome>)>(
-      [this, t](auto handler) {
-        t->done = std::make_unique<completion<result<insert_outcome>, decltype(handler)>>(std::move(handler));
-        push(std::unique_ptr<task>(t));
-      },
-      asio::use_awaitable);
+  return store_thread::submit<result<insert_outcome>>(this, new insert_task(std::move(j)));
 }
 
 // Concurrent inserts share one transaction (one commit acknowledges them all); each is its own savepoint so

@@ -2,12 +2,10 @@
 // executors. Inserts that arrive while a commit is in progress are committed together (group commit: one
 // fsync acknowledges them all).
 #include "ray/jobs/jobs.hpp"
+#include "ray/jobs/store_thread.hpp"
 
-#include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
-#include <boost/asio/execution/outstanding_work.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/prefer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
@@ -78,12 +76,8 @@ ray::error storage_error(std::string what) {
   return e;
 }
 
-// A task for the store thread. Move-only (the awaiting coroutine's handler is).
-struct task {
-  virtual ~task() = default;
-  virtual void run(sqlite_store& s) = 0;
-  virtual bool is_insert() const noexcept { return false; }
-};
+using task = store_thread::task<sqlite_store>;  // a call queued to the store thread (store_thread.hpp)
+using insert_task = store_thread::insert_task<sqlite_store>;
 
 millis wall_ms(ray::clock const& c) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(c.wall().time_since_epoch()).count();
@@ -739,75 +733,14 @@ struct sqlite_store final : store {
   std::atomic<std::int64_t> available_mib_{-1};
 };
 
-namespace {
-
-template <class Handler>
-auto work_of(Handler const& h) {
-  return asio::prefer(asio::get_associated_executor(h), asio::execution::outstanding_work.tracked);
-}
-
-// The awaiting coroutine's completion: posted to its own executor, holding outstanding work on it from the
-// start, so io_context::run does not return while a store call is in progress.
-template <class R>
-struct completion_base {
-  virtual ~completion_base() = default;
-  virtual void complete(R r) = 0;
-};
-
-template <class R, class Handler>
-struct completion final : completion_base<R> {
-  explicit completion(Handler h) : handler(std::move(h)), work(work_of(handler)) {}
-  void complete(R r) override {
-    asio::post(work, [h = std::move(handler), r = std::move(r)]() mutable { std::move(h)(std::move(r)); });
-  }
-  Handler handler;
-  decltype(work_of(std::declval<Handler const&>())) work;
-};
-
-// A call onto the store thread: `fn` runs there, its value completes the awaiting coroutine.
-template <class R, class F>
-struct call_task final : task {
-  explicit call_task(F f) : fn(std::move(f)) {}
-  void run(sqlite_store& s) override { done->complete(fn(s)); }
-  F fn;
-  std::unique_ptr<completion_base<R>> done;
-};
-
-// One insert of a group commit.
-struct insert_task final : task {
-  explicit insert_task(job j) : item(std::move(j)) {}
-  bool is_insert() const noexcept override { return true; }
-  void run(sqlite_store&) override {}
-  void complete(result<insert_outcome> r) { done->complete(std::move(r)); }
-  job item;
-  std::unique_ptr<completion_base<result<insert_outcome>>> done;
-};
-
-}  // namespace
-
-// Not coroutines, on purpose: the arguments (strings, jobs) are moved into a heap task by this plain function
-// and only a pointer crosses into Asio's coroutine machinery. GCC 12 mis-copies class-type prvalues passed
-// by value into a coroutine (a short string keeps pointing at the caller's buffer); a pointer is immune.
-// The task is owned by the queue once the awaitable is awaited (callers always co_await at once).
+// Plain functions, not coroutines: see store_thread::submit (the GCC 12 prvalue rule).
 template <class R, class F>
 asio::awaitable<R> sqlite_store::call(F f) {
-  auto* t = new call_task<R, F>(std::move(f));
-  return asio::async_initiate<decltype(asio::use_awaitable), void(R)>(
-      [this, t](auto handler) {
-        t->done = std::make_unique<completion<R, decltype(handler)>>(std::move(handler));
-        push(std::unique_ptr<task>(t));
-      },
-      asio::use_awaitable);
+  return store_thread::submit<R>(this, new store_thread::call_task<sqlite_store, R, F>(std::move(f)));
 }
 
 asio::awaitable<result<insert_outcome>> sqlite_store::insert(job j) {
-  auto* t = new insert_task(std::move(j));
-  return asio::async_initiate<decltype(asio::use_awaitable), void(result<insert_outcome>)>(
-      [this, t](auto handler) {
-        t->done = std::make_unique<completion<result<insert_outcome>, decltype(handler)>>(std::move(handler));
-        push(std::unique_ptr<task>(t));
-      },
-      asio::use_awaitable);
+  return store_thread::submit<result<insert_outcome>>(this, new insert_task(std::move(j)));
 }
 
 void sqlite_store::run_inserts(std::vector<std::unique_ptr<task>>& batch) {
