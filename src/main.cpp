@@ -5,6 +5,7 @@
 #include "ray/config/config.hpp"
 #include "ray/gguf/gguf.hpp"
 #include "ray/jobs/jobs.hpp"
+#include "ray/ops/ops.hpp"
 
 #include <CLI/CLI.hpp>
 #include <boost/json/serialize.hpp>
@@ -99,6 +100,16 @@ int main(int argc, char** argv) {
   ray::bench::options bench_opts;
   auto* bench_cmd = ray::bench::add_command(app, bench_opts);
 
+  // tune, deploy render, doctor (flags and logic in src/ray/ops)
+  ray::ops::cli_options ops_opts;
+  ray::ops::add_tune_command(app, ops_opts);
+  ray::ops::add_deploy_command(app, ops_opts);
+  ray::ops::add_doctor_command(app, ops_opts);
+
+  // model pull / list / rm (src/ray/ops)
+  ray::ops::model_cli_options model_opts;
+  auto* model_cmd = ray::ops::add_model_command(app, model_opts);
+
   auto* version = app.add_subcommand("version", "Print the version");
 
   try {
@@ -127,6 +138,8 @@ int main(int argc, char** argv) {
     return ray::jobs::cli_command(jobs_opts, std::cout, std::cerr);
   }
   if (*bench_cmd) return ray::bench::run_bench(bench_opts, std::cout, std::cerr);
+  if (auto rc = ray::ops::run_chosen(app, ops_opts, std::cout, std::cerr)) return *rc;
+  if (*model_cmd) return ray::ops::run_model(*model_cmd, model_opts, std::cout, std::cerr);
   if (*inspect) return ray::gguf::inspect_command(gguf_file, gguf_json, std::cout, std::cerr);
   if (*version) {
     std::printf("ray %s\n", RAY_VERSION);

@@ -84,6 +84,8 @@ std::string_view code_name(errc code) noexcept {
       return "context_length_exceeded";
     case errc::async_queue_storage_unavailable:
       return "async_queue_storage_unavailable";
+    case errc::unsupported_parameter:
+      return "unsupported_parameter";
   }
   return "internal_error";
 }
@@ -226,6 +228,25 @@ sha256_digest sha256(std::string_view data) noexcept {
   SHA256_Init(&ctx);
   SHA256_Update(&ctx, data.data(), data.size());
   SHA256_Final(out.data(), &ctx);
+  return out;
+}
+
+static_assert(sizeof(SHA256_CTX) <= 112 && alignof(SHA256_CTX) <= 8,
+              "sha256_hasher::state_ holds a SHA256_CTX");
+
+sha256_hasher::sha256_hasher() noexcept {
+  SHA256_Init(reinterpret_cast<SHA256_CTX*>(state_.data()));
+}
+
+void sha256_hasher::update(std::string_view data) noexcept {
+  SHA256_Update(reinterpret_cast<SHA256_CTX*>(state_.data()), data.data(), data.size());
+}
+
+sha256_digest sha256_hasher::finish() noexcept {
+  sha256_digest out{};
+  auto* ctx = reinterpret_cast<SHA256_CTX*>(state_.data());
+  SHA256_Final(out.data(), ctx);
+  SHA256_Init(ctx);
   return out;
 }
 

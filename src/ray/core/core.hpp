@@ -53,6 +53,8 @@ enum class errc : std::uint8_t {
   job_not_cancellable,      // DELETE /v1/jobs/{id} of a job that already finished (409)
   // The PostgreSQL job store is unreachable (503 with Retry-After; it reconnects by itself).
   async_queue_storage_unavailable,
+  // An OpenAI field Ray deliberately does not serve (e.g. /v1/responses previous_response_id): 400.
+  unsupported_parameter,
 };
 
 // The lower_snake wire name of a code, e.g. "queue_full".
@@ -134,6 +136,17 @@ bool is_valid_utf8(std::string_view s) noexcept;
 // loaded, so hashing costs Ray a few KB instead of MBs of resident libcrypto.
 using sha256_digest = std::array<std::uint8_t, 32>;
 sha256_digest sha256(std::string_view data) noexcept;
+// The same hash over data that arrives in pieces (a download, a file read in chunks): update() any number of
+// times, then finish() once; the state lives inline (no allocation, no OpenSSL header needed here).
+class sha256_hasher {
+ public:
+  sha256_hasher() noexcept;
+  void update(std::string_view data) noexcept;
+  sha256_digest finish() noexcept;  // the hasher starts over afterwards
+
+ private:
+  alignas(8) std::array<unsigned char, 112> state_;  // SHA256_CTX (size checked in core.cpp)
+};
 // HMAC-SHA256 (RFC 2104 over the same low-level SHA-256: a key longer than the 64-byte block is hashed
 // first; no EVP, so no provider machinery either).
 sha256_digest hmac_sha256(std::string_view key, std::string_view data) noexcept;

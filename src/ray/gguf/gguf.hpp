@@ -263,10 +263,19 @@ result<std::uint64_t> kv_cache_bytes_per_token(model_facts const& model, double 
 
 inline constexpr std::uint64_t mib = 1024 * 1024;
 
+// llama.cpp's compute buffers for one micro-batch of `ubatch` tokens against `kv_cells` cached cells per
+// sequence (an estimate of the graph allocator's peak, CPU backend): the logits (n_vocab × ubatch f32), the
+// attention scores without flash attention (n_head × ubatch × kv_cells f32; with flash attention they are
+// tiled away) and the layer activations (ubatch × (4 × n_embd + 2 × n_ff) f32). Missing facts count as 0,
+// so the figure is never an error, only smaller.
+std::uint64_t compute_buffer_bytes(model_facts const& model, std::uint64_t ubatch, std::uint64_t kv_cells,
+                                   bool flash_attention = false);
+
 struct memory_request {
   std::uint64_t ctx_size{0};       // llama-server --ctx-size: total tokens of KV across all slots
   std::uint64_t cache_ram_mib{0};  // llama-server --cache-ram (prompt cache), MiB
   double kv_type_bytes{2.0};       // f16 KV cache
+  std::uint64_t compute_bytes{0};  // compute_buffer_bytes(...) when the caller estimated them (`ray tune`)
   // Headroom for compute buffers, the runtime and allocator slack: max(headroom_min_bytes, headroom_fraction
   // × (weights + KV + cache RAM)). Defaults: 256 MiB or 10 %, whichever is larger.
   std::uint64_t headroom_min_bytes{256 * mib};
@@ -277,13 +286,15 @@ struct memory_estimate {
   std::uint64_t weights_bytes{0};    // all tensor bytes (mmapped weights end up resident)
   std::uint64_t kv_bytes{0};         // kv_cache_bytes_per_token × ctx_size
   std::uint64_t cache_ram_bytes{0};  // cache_ram_mib × MiB
+  std::uint64_t compute_bytes{0};    // memory_request::compute_bytes (0: covered by the headroom alone)
   std::uint64_t headroom_bytes{0};
   std::uint64_t total{0};  // sum of the above (saturates at 2^64-1 rather than wrapping)
 };
 
 // The memory a llama-server needs for this model with these settings. Errors as kv_cache_bytes_per_token.
 result<memory_estimate> estimate_memory(gguf_info const& info, memory_request const& req);
-// "needs about X MiB, limit Y MiB (weights A MiB + KV cache B MiB + cache RAM C MiB + headroom D MiB)": the
+// "needs about X MiB, limit Y MiB (weights A MiB + KV cache B MiB + cache RAM C MiB [+ compute E MiB] +
+// headroom D MiB)" (compute only when estimated): the
 // need rounded up and the limit rounded down to whole MiB, so the message never understates the shortfall.
 std::string refusal_message(memory_estimate const& estimate, std::uint64_t limit_bytes);
 // True when estimate.total <= limit_bytes.

@@ -258,7 +258,9 @@ result<memory_estimate> estimate_memory(gguf_info const& info, memory_request co
   }
   e.kv_bytes = sat_mul(*per_token, req.ctx_size);
   e.cache_ram_bytes = sat_mul(req.cache_ram_mib, mib);
-  std::uint64_t const base = sat_add(sat_add(e.weights_bytes, e.kv_bytes), e.cache_ram_bytes);
+  e.compute_bytes = req.compute_bytes;
+  std::uint64_t const base =
+      sat_add(sat_add(sat_add(e.weights_bytes, e.kv_bytes), e.cache_ram_bytes), e.compute_bytes);
   long double const share = std::ceil(static_cast<long double>(base) * std::max(0.0, req.headroom_fraction));
   std::uint64_t const fraction =
       share >= 1.8e19L ? std::numeric_limits<std::uint64_t>::max() : static_cast<std::uint64_t>(share);
@@ -270,8 +272,21 @@ result<memory_estimate> estimate_memory(gguf_info const& info, memory_request co
 std::string refusal_message(memory_estimate const& e, std::uint64_t limit_bytes) {
   return "needs about " + str(ceil_mib(e.total)) + " MiB, limit " + str(limit_bytes / mib) +
          " MiB (weights " + str(ceil_mib(e.weights_bytes)) + " MiB + KV cache " + str(ceil_mib(e.kv_bytes)) +
-         " MiB + cache RAM " + str(ceil_mib(e.cache_ram_bytes)) + " MiB + headroom " +
-         str(ceil_mib(e.headroom_bytes)) + " MiB)";
+         " MiB + cache RAM " + str(ceil_mib(e.cache_ram_bytes)) + " MiB + " +
+         (e.compute_bytes > 0 ? "compute " + str(ceil_mib(e.compute_bytes)) + " MiB + " : std::string()) +
+         "headroom " + str(ceil_mib(e.headroom_bytes)) + " MiB)";
+}
+
+std::uint64_t compute_buffer_bytes(model_facts const& m, std::uint64_t ubatch, std::uint64_t kv_cells,
+                                   bool flash_attention) {
+  constexpr std::uint64_t f32 = 4;
+  std::uint64_t const logits = sat_mul(sat_mul(m.vocab_size.value_or(0), ubatch), f32);
+  std::uint64_t const scores =
+      flash_attention ? 0 : sat_mul(sat_mul(sat_mul(m.head_count.value_or(0), ubatch), kv_cells), f32);
+  std::uint64_t const width =
+      sat_add(sat_mul(4, m.embedding_length.value_or(0)), sat_mul(2, m.feed_forward_length.value_or(0)));
+  std::uint64_t const activations = sat_mul(sat_mul(ubatch, width), f32);
+  return sat_add(sat_add(logits, scores), activations);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@
 // coroutine that catches), so the whole attempt is bounded by policy.timeout and nothing outlives the frame.
 #include "ray/jobs/callback.hpp"
 
+#include "ray/http/tls.hpp"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -23,16 +25,8 @@
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 
-#include <openssl/ssl.h>
-#include <openssl/x509_vfy.h>
-#include <openssl/x509v3.h>
-
 #include <algorithm>
 #include <memory>
-
-// Asio's TLS part is compiled here, once (the project builds Asio with BOOST_ASIO_SEPARATE_COMPILATION and
-// http/asio_impl.cpp compiles the rest); callbacks are the only user of TLS.
-#include <boost/asio/ssl/impl/src.hpp>
 
 namespace ray::jobs {
 
@@ -101,36 +95,6 @@ std::string printable_excerpt(std::string_view s, std::size_t max) {
     i += n;
   }
   return std::string(trim(out));
-}
-
-struct tls_setup {
-  std::unique_ptr<asio::ssl::context> context;
-  std::string error;
-};
-
-// The client context, made at the first https delivery (an idle Ray loads no trust store) and kept: the
-// system trust store is read once per process. Never destroyed (OpenSSL's own exit handlers may run first).
-tls_setup const& tls_client() {
-  static tls_setup const* const setup = [] {
-    auto s = std::make_unique<tls_setup>();
-    try {
-      auto ctx = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
-      boost::system::error_code ec;
-      ctx->set_default_verify_paths(ec);
-      if (!ec) ctx->set_verify_mode(asio::ssl::verify_peer, ec);
-      if (ec) {
-        s->error = "loading the system trust store failed: " + ec.message();
-      } else {
-        SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION);
-        SSL_CTX_set_mode(ctx->native_handle(), SSL_MODE_RELEASE_BUFFERS);
-        s->context = std::move(ctx);
-      }
-    } catch (std::exception const& e) {
-      s->error = std::string("creating the TLS context failed: ") + e.what();
-    }
-    return s.release();
-  }();
-  return *setup;
 }
 
 // The resolver's state is shared with its completion handler: getaddrinfo() cannot be interrupted, so a
@@ -357,19 +321,13 @@ asio::awaitable<void> run(attempt& at, std::string const& body, std::string cons
 
   // 5. TLS: SNI for a name (never for an address), the chain against the system store, the name or address
   // against the certificate (OpenSSL's own check, which says which part failed).
-  auto const& tls = tls_client();
+  auto const& tls = http::tls_client();
   if (!tls.context) {
     out.error = tls.error;
     co_return;
   }
   asio::ssl::stream<tcp::socket> stream(std::move(socket), *tls.context);
-  SSL* ssl = stream.native_handle();
-  X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
-  X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-  bool const set = is_literal ? X509_VERIFY_PARAM_set1_ip_asc(param, url.host.c_str()) == 1
-                              : SSL_set_tlsext_host_name(ssl, url.host.c_str()) == 1 &&
-                                    X509_VERIFY_PARAM_set1_host(param, url.host.data(), url.host.size()) == 1;
-  if (!set) {
+  if (!http::prepare_peer_check(stream.native_handle(), url.host, is_literal)) {
     out.error = "setting up TLS for " + url.host + " failed";
     co_return;
   }
@@ -377,9 +335,8 @@ asio::awaitable<void> run(attempt& at, std::string const& body, std::string cons
       co_await with_deadline(stream.async_handshake(asio::ssl::stream_base::client, use_tuple), at.deadline);
   if (at.over(hs, "in the TLS handshake with " + at.where)) co_return;
   if (auto const [ec] = *hs.value; ec) {
-    out.error = "TLS handshake with " + at.where + " failed: " + ec.message();
-    if (auto const v = SSL_get_verify_result(ssl); v != X509_V_OK)
-      out.error += std::string(" (") + X509_verify_cert_error_string(v) + ")";
+    out.error =
+        "TLS handshake with " + at.where + " failed: " + http::handshake_failure(stream.native_handle(), ec);
     co_return;
   }
   co_await exchange(stream, req, at);

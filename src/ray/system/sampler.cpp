@@ -296,6 +296,10 @@ std::optional<std::uint64_t> real_limit(std::optional<std::uint64_t> v) noexcept
 
 }  // namespace
 
+std::optional<std::string> read_small_file(std::string const& path, std::size_t max_bytes) {
+  return read_bounded(path, max_bytes);
+}
+
 std::optional<std::uint64_t> cgroup_reading::limit() const noexcept {
   auto h = real_limit(memory_high);
   auto m = real_limit(memory_max);

@@ -205,6 +205,37 @@ class sampler {
 };
 
 // ---------------------------------------------------------------------------------------------------------------
+// The box (`ray tune`, `ray doctor`, `ray deploy render`)
+
+// A small file read whole: nullopt when missing, unreadable, not a regular file or larger than max_bytes
+// (procfs/cgroupfs report size 0, so the bound is enforced while reading; O_NONBLOCK against planted FIFOs).
+std::optional<std::string> read_small_file(std::string const& path, std::size_t max_bytes = 64 * 1024);
+
+// Memory and CPU of the box as a process in Ray's cgroup sees them, read below `root` like the sampler.
+struct host_resources {
+  std::optional<std::uint64_t> mem_total{};      // /proc/meminfo MemTotal, bytes
+  std::optional<std::uint64_t> mem_available{};  // MemAvailable
+  std::optional<std::uint64_t> swap_total{};     // SwapTotal
+  std::optional<std::uint64_t> swap_free{};      // SwapFree
+  std::string cgroup{};                          // Ray's own cgroup path ("" when unknown)
+  std::optional<std::uint64_t> cgroup_limit{};   // min(memory.high, memory.max) of that cgroup, when limited
+  bool cgroup_v2{false};                         // the unified hierarchy was read
+  bool memory_pressure_file{false};              // the cgroup's memory.pressure was readable (PSI works)
+  unsigned online_cpus{0};                       // CPUs this process may run on (affinity; 0 = unknown)
+  std::optional<double> cgroup_cpus{};           // cpu.max quota / period, when a quota is set
+  // min(mem_total, cgroup_limit) and where it came from ("MemTotal in /proc/meminfo", "cgroup memory.max of
+  // /system.slice/ray-gateway.service"); nullopt when neither is readable.
+  std::optional<std::uint64_t> ram_bytes() const noexcept;
+  std::string ram_source() const;
+  // The whole CPUs available: min(online, floor(cgroup quota)), at least 1; 0 when nothing is known.
+  unsigned cores() const noexcept;
+};
+// Reads <root>/proc/meminfo, <root>/proc/self/cgroup and the cgroup's memory and cpu.max files; CPU affinity
+// (sched_getaffinity) only when root is "/" (a fixture tree says nothing about this machine's CPUs: then
+// <root>/proc/cpuinfo's "processor" lines are counted).
+host_resources read_host_resources(std::string const& root = "/");
+
+// ---------------------------------------------------------------------------------------------------------------
 // Decision
 
 // Which signal made a resource count as under pressure (for logs and metrics labels).
