@@ -43,6 +43,7 @@ TEST(ErrorMapping, EveryCodeOfTheContractTableHasItsStatus) {
       {errc::shutting_down, 503},
       {errc::async_queue_disabled, 503},
       {errc::async_queue_storage_unavailable, 503},
+      {errc::unsupported_parameter, 400},
       {errc::request_timeout, 504},
       {errc::provider_timeout, 504},
   };

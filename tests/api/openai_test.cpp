@@ -299,8 +299,19 @@ TEST(OpenAiChat, MoreThanOneChoiceIsRejectedNamingN) {
   EXPECT_EQ(rejected_param(chat(R"(,"n":0)")), "n");
 }
 
-TEST(OpenAiChat, LogprobsAreRejected) {
-  EXPECT_EQ(rejected_param(chat(R"(,"logprobs":true)")), "logprobs");
+TEST(OpenAiChat, LogprobsAreForwardedAndTopLogprobsIsBoundedAt20) {
+  auto r = oai::decode_chat(chat(R"(,"logprobs":true,"top_logprobs":20)"));
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_TRUE(r->logprobs);
+  EXPECT_EQ(r->top_logprobs, 20);
+  auto over = oai::decode_chat(chat(R"(,"logprobs":true,"top_logprobs":21)"));
+  ASSERT_FALSE(over);
+  EXPECT_EQ(over.error().code, errc::invalid_request);
+  EXPECT_EQ(over.error().param, "top_logprobs");
+  EXPECT_NE(over.error().message.find("0 to 20"), std::string::npos) << over.error().message;
+  EXPECT_EQ(rejected_param(chat(R"(,"logprobs":true,"top_logprobs":-1)")), "top_logprobs");
+  EXPECT_EQ(rejected_param(chat(R"(,"logprobs":true,"top_logprobs":1.5)")), "top_logprobs");
+  // OpenAI's rule: top_logprobs only with logprobs: true.
   EXPECT_EQ(rejected_param(chat(R"(,"top_logprobs":0)")), "top_logprobs");
   EXPECT_EQ(rejected_param(chat(R"(,"logprobs":false,"top_logprobs":3)")), "top_logprobs");
 }
@@ -471,6 +482,25 @@ TEST(OpenAiCacheable, ToolsMakeARequestUncacheable) {
   EXPECT_TRUE(oai::cacheable(*oai::decode_chat(chat(R"(,"temperature":0,"tools":[])")), false));
 }
 
+TEST(OpenAiCacheable, LogprobsMakeARequestUncacheableEvenWithTheXRayCacheHeader) {
+  EXPECT_FALSE(oai::cacheable(*oai::decode_chat(chat(R"(,"temperature":0,"logprobs":true)")), true));
+  EXPECT_TRUE(oai::cacheable(*oai::decode_chat(chat(R"(,"temperature":0,"logprobs":false)")), false));
+}
+
+TEST(OpenAiCacheable, StructuredOutputsAreCandidatesOnlyAtTemperatureZero) {
+  for (std::string rf :
+       {R"(,"response_format":{"type":"json_object"})",
+        R"(,"response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{}}})"}) {
+    EXPECT_TRUE(oai::cacheable(*oai::decode_chat(chat(rf + R"(,"temperature":0)")), false)) << rf;
+    EXPECT_FALSE(oai::cacheable(*oai::decode_chat(chat(rf + R"(,"temperature":0.9,"seed":7)")), false)) << rf;
+    EXPECT_FALSE(oai::cacheable(*oai::decode_chat(chat(rf + R"(,"temperature":0.5)")), true)) << rf;
+    EXPECT_FALSE(oai::cacheable(*oai::decode_chat(chat(rf)), true)) << rf;
+  }
+  // response_format text is a plain chat.
+  EXPECT_TRUE(
+      oai::cacheable(*oai::decode_chat(chat(R"(,"response_format":{"type":"text"},"seed":7)")), false));
+}
+
 TEST(OpenAiCacheable, TheXRayCacheHeaderMakesAnyRequestWithoutToolsCacheable) {
   EXPECT_TRUE(oai::cacheable(*oai::decode_chat(chat(R"(,"temperature":1.2)")), true));
 }
@@ -608,3 +638,81 @@ TEST(OpenAiContext, TheRequestedTotalDoesNotOverflow) {
 }
 
 }  // namespace
+
+// ---- decode_responses ----
+
+namespace {
+std::string responses_param(std::string_view body, errc code) {
+  auto r = oai::decode_responses(body);
+  if (r) return "<decoded>";
+  EXPECT_EQ(r.error().code, code) << r.error().message;
+  return r.error().param;
+}
+}  // namespace
+
+TEST(OpenAiResponses, AStringInputAndInstructionsBecomeASystemAndAUserMessage) {
+  auto r = oai::decode_responses(
+      R"({"model":"gpt-4.1","instructions":"be brief","input":"hi","max_output_tokens":9,"temperature":0,)"
+      R"("store":true,"metadata":{"k":"v"},"frobnicate":1})");
+  ASSERT_TRUE(r) << r.error().message;
+  ASSERT_EQ(r->chat.messages.size(), 2u);
+  EXPECT_EQ(r->chat.messages[0].role, "system");
+  EXPECT_EQ(r->chat.messages[0].content, "be brief");
+  EXPECT_EQ(r->chat.messages[1].role, "user");
+  EXPECT_EQ(r->chat.messages[1].content, "hi");
+  EXPECT_EQ(r->chat.max_tokens, 9u);
+  EXPECT_EQ(r->chat.temperature, 0.0);
+  EXPECT_EQ(r->instructions, "be brief");
+  EXPECT_EQ(boost::json::serialize(r->metadata), R"({"k":"v"})");
+  EXPECT_EQ(r->chat.unknown_fields, std::vector<std::string>{"frobnicate"});
+  EXPECT_TRUE(oai::cacheable(r->chat, false));
+}
+
+TEST(OpenAiResponses, MessageItemsWithTextPartsAreTheConversation) {
+  auto r = oai::decode_responses(
+      R"({"input":[{"role":"developer","content":"rules"},{"type":"message","role":"user","content":)"
+      R"([{"type":"input_text","text":"a"},{"type":"input_text","text":"b"}]},)"
+      R"({"role":"assistant","content":[{"type":"output_text","text":"c"}]}]})");
+  ASSERT_TRUE(r) << r.error().message;
+  ASSERT_EQ(r->chat.messages.size(), 3u);
+  EXPECT_EQ(r->chat.messages[0].role, "system");
+  EXPECT_EQ(r->chat.messages[1].content, "a\nb");
+  EXPECT_EQ(r->chat.messages[2].role, "assistant");
+  EXPECT_EQ(r->chat.messages[2].content, "c");
+}
+
+TEST(OpenAiResponses, TextFormatJsonSchemaBecomesResponseFormat) {
+  auto r =
+      oai::decode_responses(R"({"input":"x","text":{"format":{"type":"json_schema","name":"w","strict":true,)"
+                            R"("schema":{"type":"object","properties":{"a":{"type":"string"}}}}}})");
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->chat.response_format_type, "json_schema");
+  EXPECT_EQ(r->chat.response_format.at("json_schema").at("name").as_string(), "w");
+  EXPECT_TRUE(r->chat.response_format.at("json_schema").at("schema").is_object());
+  EXPECT_EQ(r->text_format.at("type").as_string(), "json_schema");
+}
+
+TEST(OpenAiResponses, StatefulAndUnsupportedFieldsAreRefusedNamingThem) {
+  EXPECT_EQ(responses_param(R"({"input":"x","previous_response_id":"resp_1"})", errc::unsupported_parameter),
+            "previous_response_id");
+  EXPECT_EQ(responses_param(R"({"input":"x","conversation":"c_1"})", errc::unsupported_parameter),
+            "conversation");
+  EXPECT_EQ(responses_param(R"({"input":"x","background":true})", errc::unsupported_parameter), "background");
+  EXPECT_EQ(responses_param(R"({"input":"x","tools":[{"type":"function","name":"f"}]})",
+                            errc::unsupported_parameter),
+            "tools");
+  EXPECT_EQ(responses_param(R"({"input":[{"type":"function_call_output","call_id":"c","output":"1"}]})",
+                            errc::unsupported_parameter),
+            "input[0].type");
+  EXPECT_EQ(
+      responses_param(R"({"input":[{"role":"user","content":[{"type":"input_image","image_url":"u"}]}]})",
+                      errc::invalid_request),
+      "input[0].content[0].type");
+  EXPECT_EQ(responses_param(R"({"instructions":"x"})", errc::invalid_request), "input");
+  EXPECT_EQ(responses_param(R"({"input":[]})", errc::invalid_request), "input");
+  EXPECT_EQ(responses_param(R"({"input":"x","temperature":-1})", errc::invalid_request), "temperature");
+  auto r = oai::decode_responses(R"({"input":"x","previous_response_id":"resp_1"})");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("stateless"), std::string::npos) << r.error().message;
+  EXPECT_EQ(oai::decode_responses("{nope").error().code, errc::invalid_json);
+}

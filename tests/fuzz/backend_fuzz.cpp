@@ -4,9 +4,11 @@
 //      through the stream-chunk handling of remote.cpp (parse_stream_chunk, merge_tool_call_deltas), as
 //      generate() does. The events must not depend on how the bytes were split.
 //   1  a /metrics body (telemetry::reexport_llamacpp), whole and cut to parameter/256 of its output, then
-//      served through a metrics_cache.
+//      served through a metrics_cache; and the deferred-requests sample read from it
+//      (backend::parse_prometheus_sample).
 //   2  a /props body (backend::parse_props).
-//   3  a /slots body (backend::parse_slots), Ray's own busy slots given by the parameter.
+//   3  a /slots body (backend::parse_slots), Ray's own busy slots given by the parameter; and its load view
+//      (backend::parse_slots_load, unified KV when the parameter is odd).
 //   4  an error body (backend::parse_context_exceeded, excerpt).
 //   5  one stream chunk or a whole completion body (backend::parse_stream_chunk).
 //   6  text escaping for Ray's own output (telemetry/text_format.hpp) of arbitrary bytes.
@@ -208,6 +210,9 @@ void fuzz_metrics(std::uint8_t param, std::string_view body) {
   cache.append_to(served);
   check(served.empty() || served.back() == '\n');
   check(!cache.stale(clock.now(), std::chrono::seconds(1)));
+
+  if (auto d = ray::backend::parse_prometheus_sample(body, "llamacpp:requests_deferred"))
+    check(std::isfinite(*d));
 }
 
 // ---- 2-5, 7: JSON bodies -------------------------------------------------------------------------------
@@ -226,6 +231,17 @@ void fuzz_slots(std::uint8_t param, std::string_view body) {
   std::vector<bool> busy(param % 9);
   for (std::size_t i = 0; i < busy.size(); ++i)
     busy[i] = (param >> (i % 8)) & 1;
+  if (auto load = ray::backend::parse_slots_load(body, param & 1)) {
+    check(load->slots <= (1u << 9) && load->processing <= load->slots);
+    check(load->capacity <= (std::uint64_t{load->slots} << 22));
+    check(load->tokens_held <= load->capacity || (param & 1));  // unified: each slot is bounded by the one
+    if (load->kv_usage) check(load->capacity > 0 && *load->kv_usage >= 0.0 && *load->kv_usage <= 1.0);
+    if (!load->kv_usage) check(load->capacity == 0);
+    // JSON either way: parse_slots answers exactly when the load view does.
+    check(ray::backend::parse_slots(body, busy).has_value());
+  } else {
+    check(!ray::backend::parse_slots(body, busy).has_value());
+  }
   auto ext = ray::backend::parse_slots(body, busy);
   if (!ext) return;
   check(ext->size() == busy.size());

@@ -1,5 +1,5 @@
 // The OpenAI-compatible surface through the real binary (http-api.md §3). So far: the model list.
-#include "fake_llama.hpp"
+#include "openai_support.hpp"
 
 namespace ray::itest {
 namespace {
@@ -47,13 +47,6 @@ TEST(OpenAi, OneModelByIdOrAliasAndAnUnknownIdIs404InOpenAisEnvelope) {
   EXPECT_EQ(rt::string_field(e, "code"), "model_not_found");
   EXPECT_EQ(rt::string_field(e, "type"), "invalid_request_error");
   EXPECT_EQ(rt::string_field(e, "param"), "model");
-}
-
-rt::http_response post_one(ray_server& s, std::string const& path, std::string const& body,
-                           std::string const& headers = {}) {
-  auto c = s.connect();
-  EXPECT_TRUE(c.send(post_json(path, body, headers)));
-  return c.read_response(rt::in(kIo)).value_or(rt::http_response{});
 }
 
 TEST(OpenAiChat, AnyModelNameIsAnsweredWithTheRealIdInOpenAisShape) {
@@ -147,8 +140,10 @@ TEST(OpenAiChat, RejectedFieldsNameTheirParam) {
   ASSERT_EQ(n2.status, 400);
   EXPECT_EQ(rt::string_field(json_body(n2)->at("error").as_object(), "param"), "n");
   auto logprobs = post_one(s, "/v1/chat/completions",
-                           R"({"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true})");
-  EXPECT_EQ(logprobs.status, 400) << logprobs.describe();
+                           R"({"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true,)"
+                           R"("top_logprobs":21})");
+  ASSERT_EQ(logprobs.status, 400) << logprobs.describe();
+  EXPECT_EQ(rt::string_field(json_body(logprobs)->at("error").as_object(), "param"), "top_logprobs");
   auto bad = post_one(s, "/v1/chat/completions", "{not json");
   EXPECT_EQ(bad.status, 400);
   EXPECT_EQ(rt::string_field(json_body(bad)->at("error").as_object(), "code"), "invalid_json");
@@ -164,37 +159,6 @@ TEST(OpenAiCompletions, APromptIsCompletedInTextCompletionShape) {
   auto const& choice = body->at("choices").as_array().at(0).as_object();
   EXPECT_EQ(choice.at("finish_reason").as_string(), "length");
   EXPECT_EQ(body->at("usage").at("completion_tokens").as_int64(), 5);
-}
-
-// The `data:` payloads of an SSE body, comments dropped.
-std::vector<std::string> sse_data_events(std::string const& body) {
-  std::vector<std::string> out;
-  std::size_t pos = 0;
-  while (pos < body.size()) {
-    auto end = body.find("\n\n", pos);
-    if (end == std::string::npos) break;
-    std::string_view ev(body.data() + pos, end - pos);
-    if (ev.rfind("data: ", 0) == 0) out.emplace_back(ev.substr(6));
-    pos = end + 2;
-  }
-  return out;
-}
-
-// An event with its per-response id and timestamp removed, for comparing sequences across clients.
-std::string without_ids(std::string const& data) {
-  if (data == "[DONE]") return data;
-  auto v = boost::json::parse(data);
-  if (v.is_object()) {
-    v.as_object().erase("id");
-    v.as_object().erase("created");
-  }
-  return boost::json::serialize(v);
-}
-
-std::string stream_body(std::string const& input, int max_tokens, bool usage = false) {
-  return R"({"model":"m","temperature":0,"stream":true,"max_tokens":)" + std::to_string(max_tokens) +
-         (usage ? R"(,"stream_options":{"include_usage":true})" : "") +
-         R"(,"messages":[{"role":"user","content":")" + input + R"("}]})";
 }
 
 TEST(OpenAiStream, ChunksArriveAsTheyAreProducedAndEndWithDone) {
@@ -246,24 +210,6 @@ TEST(OpenAiStream, KeepAlivesAreSentWhileTheRequestWaits) {
   ASSERT_EQ(r->status, 200);
   EXPECT_NE(r->body.find(": ping\n\n"), std::string::npos) << r->body;
   EXPECT_EQ(sse_data_events(r->body).back(), "[DONE]");
-}
-
-boost::json::object attach_config() {
-  boost::json::object a{{"kind", "llama.cpp"},
-                        {"healthIntervalMs", 100},
-                        {"healthTimeoutMs", 500},
-                        {"timeoutMs", 5000},
-                        {"launchProfile", nullptr}};
-  return boost::json::object{{"profile", "sub1b"},
-                             {"model", boost::json::object{{"id", "tiny-llama"}, {"adapter", a}}},
-                             {"rateLimit", boost::json::object{{"enabled", false}}}};
-}
-
-bool ready(ray_server& s) {
-  return eventually([&] {
-    auto r = roundtrip(s.port(), get("/readyz"));
-    return r && r->status == 200;
-  });
 }
 
 TEST(OpenAiStream, AClientLeavingMidAnswerClosesTheUpstreamStream) {

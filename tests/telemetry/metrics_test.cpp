@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -197,6 +198,32 @@ TEST(Metrics, GaugesSetAddAndEvaluateFunctionsAtRenderTime) {
   EXPECT_NE(text.find("ray_inflight_requests 1.5\n"), std::string::npos);
   EXPECT_NE(text.find("ray_backend_up 1\n"), std::string::npos);
   EXPECT_NE(prometheus(r).find("ray_backend_up 2\n"), std::string::npos);
+}
+
+TEST(Metrics, OptionalGaugeFunctionsLeaveUnknownValuesOut) {
+  tele::registry r(bare());
+  std::optional<double> kv;  // unknown at first
+  r.add_gauge("ray_before", "Before.", {}, {.json_name = "before"}).with().set(1);
+  r.add_gauge("ray_kv_ratio", "KV in use.", {}, {.json_name = "kv"}).set_optional_function({}, [&] {
+    return kv;
+  });
+  auto lanes = r.add_gauge("ray_lane", "Per lane.", {"lane"}, {.json_name = "lane"});
+  lanes.set_optional_function({"a"}, [] { return std::optional<double>(2); });
+  lanes.set_optional_function({"b"}, [] { return std::optional<double>(); });
+  r.add_gauge("ray_after", "After.", {}, {.json_name = "after"}).with().set(3);
+
+  // Unknown: no sample, and no HELP/TYPE of a family left without samples; the partly known family keeps
+  // its known series.
+  EXPECT_EQ(prometheus(r),
+            "# HELP ray_before Before.\n# TYPE ray_before gauge\nray_before 1\n"
+            "# HELP ray_lane Per lane.\n# TYPE ray_lane gauge\nray_lane{lane=\"a\"} 2\n"
+            "# HELP ray_after After.\n# TYPE ray_after gauge\nray_after 3\n");
+  EXPECT_EQ(json(r), R"({"counters":{},"gauges":{"before":1,"lane{lane=a}":2,"after":3}})");
+
+  kv = 0.25;
+  auto text = prometheus(r);
+  EXPECT_NE(text.find("# TYPE ray_kv_ratio gauge\nray_kv_ratio 0.25\n"), std::string::npos) << text;
+  EXPECT_EQ(json(r), R"({"counters":{},"gauges":{"before":1,"kv":0.25,"lane{lane=a}":2,"after":3}})");
 }
 
 TEST(Metrics, CountersCanBeComputedByAFunction) {

@@ -19,6 +19,8 @@ class supervisor;
 
 namespace ray::api {
 
+class sse_format;  // openai_stream.hpp
+
 enum class route_id : std::uint8_t {
   root,
   livez,
@@ -34,6 +36,7 @@ enum class route_id : std::uint8_t {
   model,
   chat,
   completions,
+  responses,
   none
 };
 
@@ -105,6 +108,8 @@ class router final : public http::handler {
  private:
   boost::asio::awaitable<void> handle_infer(http::exchange& ex);
   boost::asio::awaitable<void> handle_openai(http::exchange& ex, bool completion);
+  // POST /v1/responses, translated to one chat completion (responses_routes.cpp).
+  boost::asio::awaitable<void> handle_responses(http::exchange& ex);
   // /v1/jobs and /v1/jobs/{id} (jobs_routes.cpp).
   boost::asio::awaitable<void> handle_jobs(http::exchange& ex);
   boost::asio::awaitable<http::response> submit_job(http::exchange& ex, std::optional<errc>& failed);
@@ -115,8 +120,7 @@ class router final : public http::handler {
   void log_unknown_fields(std::vector<std::string> const& fields, std::string_view route) const;
   // Streams an admitted OpenAI request as server-sent events; returns the status it answered for the log.
   boost::asio::awaitable<unsigned> stream_openai(http::exchange& ex, runtime::chat_request call,
-                                                 bool completion, bool include_usage,
-                                                 std::string_view& error_code);
+                                                 sse_format& format, std::string_view& error_code);
   http::response json_response(http::status st, std::string body) const;
   http::response readyz() const;
   http::response health() const;

@@ -13,6 +13,7 @@ http::status status_of(errc code) noexcept {
     case errc::invalid_request:
     case errc::invalid_json:
     case errc::context_length_exceeded:
+    case errc::unsupported_parameter:
       return s::bad_request;
     case errc::unauthorized:
       return s::unauthorized;

@@ -478,12 +478,16 @@ result<chat_request> decode_chat(std::string_view body) {
   if (auto e = decode_sampling(o, req)) return *e;
   if (auto v = find(o, "logprobs")) {
     if (!v->is_bool()) return field_error("logprobs", "must be a boolean");
-    if (v->get_bool())
-      return field_error("logprobs", "log probabilities are not supported (omit it or send false)");
-    req.ignored_fields.emplace_back("logprobs");
+    req.logprobs = v->get_bool();
+    if (!req.logprobs) req.ignored_fields.emplace_back("logprobs");
   }
-  if (find(o, "top_logprobs"))
-    return field_error("top_logprobs", "log probabilities are not supported (omit top_logprobs)");
+  if (auto v = find(o, "top_logprobs")) {
+    auto n = as_integer(*v);
+    if (!n || *n < 0 || *n > max_top_logprobs)
+      return field_error("top_logprobs", "must be an integer from 0 to " + std::to_string(max_top_logprobs));
+    if (!req.logprobs) return field_error("top_logprobs", "requires \"logprobs\": true");
+    req.top_logprobs = *n;
+  }
   if (auto e = decode_response_format(o, req)) return *e;
   if (auto e = decode_tools(o, req)) return *e;
 
@@ -540,8 +544,14 @@ result<completion_request> decode_completion(std::string_view body) {
 }
 
 bool cacheable(chat_request const& req, bool x_ray_cache_on) {
-  // A tool request is never cached, whatever x-ray-cache says: the cache keeps text, not tool calls.
-  return !req.has_tools() && (x_ray_cache_on || deterministic(req));
+  // A tool or logprobs request is never cached, whatever x-ray-cache says: the cache keeps text, not tool
+  // calls or token probabilities.
+  if (req.has_tools() || req.logprobs) return false;
+  // A structured output is a deterministic candidate only at temperature 0: a seed alone still samples, and
+  // two different valid JSON answers must not be served as one.
+  if (req.response_format_type && *req.response_format_type != "text")
+    return req.temperature && *req.temperature == 0.0;
+  return x_ray_cache_on || deterministic(req);
 }
 
 bool cacheable(completion_request const& req, bool x_ray_cache_on) {

@@ -21,6 +21,7 @@
 namespace ray::api::openai {
 
 // Bounds of a request (beyond the HTTP body limit).
+inline constexpr std::int64_t max_top_logprobs = 20;  // OpenAI's bound; more is a 400 (param top_logprobs)
 inline constexpr std::size_t max_messages = 1024;
 inline constexpr std::size_t max_stop_entries = 16;
 inline constexpr std::size_t max_stop_chars = 256;  // code points per stop string
@@ -65,6 +66,8 @@ struct chat_request : sampling_fields {
   // null when absent. tools: a non-empty array of {"type":"function","function":{"name",…}}; `tools: []` and
   // `tool_choice: "none"` are accepted and ignored (all three tool fields are then unset: a plain chat).
   boost::json::value tools{}, tool_choice{}, parallel_tool_calls{};
+  bool logprobs{false};                        // forwarded when true
+  std::optional<std::int64_t> top_logprobs{};  // 0..max_top_logprobs, only with logprobs: true; forwarded
 
   // Non-empty tools and tool_choice != "none".
   bool has_tools() const;
@@ -75,7 +78,8 @@ struct completion_request : sampling_fields {
 };
 
 // POST /v1/chat/completions. Rejected with 400 (param names it): roles other than system, developer, user,
-// assistant and tool; non-text content parts; `n` other than 1; `logprobs: true`; any `top_logprobs`;
+// assistant and tool; non-text content parts; `n` other than 1; `top_logprobs` above 20 or without
+// `logprobs: true`;
 // negative, out-of-range, non-finite or ill-typed numbers; missing or empty `messages`; more than 1024
 // messages; stop lists beyond the bounds above. A non-finite number anywhere in the body is refused too (it
 // would be forwarded as `Infinity`, which is not JSON).
@@ -86,6 +90,8 @@ result<chat_request> decode_chat(std::string_view body);
 result<completion_request> decode_completion(std::string_view body);
 
 // Cacheable/joinable (http-api.md §3): `temperature: 0` or a fixed seed, and no tools — or `x-ray-cache: on`.
+// Never with tools or logprobs (the cache keeps text, not tool calls or token probabilities); a structured
+// output (`response_format` json_object / json_schema) only at `temperature: 0`, whatever x-ray-cache says.
 // A seed whose low 32 bits are all ones is not fixed: llama.cpp reads the seed as uint32 and 0xFFFFFFFF means
 // "random".
 bool cacheable(chat_request const& req, bool x_ray_cache_on);
@@ -95,6 +101,20 @@ bool cacheable(completion_request const& req, bool x_ray_cache_on);
 // tool_call_id, tool_calls with object keys sorted), unambiguous — any difference in any field gives a
 // different text.
 std::string canonical_messages(std::vector<message> const& messages);
+
+// POST /v1/responses, stateless, translated to one chat completion (http-api.md §3, docs/openai.md):
+// `instructions` becomes a leading system message, `input` (a string, or message items with string or
+// input_text/output_text parts) the conversation; `max_output_tokens`, `temperature`, `top_p`, `stream`,
+// `text.format` (→ response_format) are carried over. Refused with 400 errc::unsupported_parameter:
+// `previous_response_id`, `conversation`, `background: true`, `tools` (non-empty), and non-message input
+// items. `store` is accepted and nothing is stored (the response says `store: false`).
+struct responses_request {
+  chat_request chat;                          // what runs; chat.stream etc. as carried over
+  std::optional<std::string> instructions{};  // echoed in the response object
+  boost::json::value text_format{};           // text.format as sent (null: {"type":"text"})
+  boost::json::value metadata{};              // echoed (null: {})
+};
+result<responses_request> decode_responses(std::string_view body);
 
 // Model resolution: lenient (default) accepts any name — including none — and returns the configured id;
 // with openai.strictModelNames the name must be the configured id or one of model.aliases, else

@@ -41,6 +41,7 @@ bool method_allowed(route_id id, http::verb m) noexcept {
     case route_id::infer:
     case route_id::chat:
     case route_id::completions:
+    case route_id::responses:
     case route_id::embeddings:
       return m == v::post;
     case route_id::jobs:
@@ -83,6 +84,8 @@ route_info match_route(std::string_view path) noexcept {
     return {route_id::chat, "/v1/chat/completions", "POST, OPTIONS", true};
   if (path == "/v1/completions" || path == "/completions")
     return {route_id::completions, "/v1/completions", "POST, OPTIONS", true};
+  if (path == "/v1/responses" || path == "/responses")
+    return {route_id::responses, "/v1/responses", "POST, OPTIONS", true};
   for (std::string_view prefix : {std::string_view("/v1/models/"), std::string_view("/models/")}) {
     if (path.size() > prefix.size() && path.substr(0, prefix.size()) == prefix)
       return {route_id::model, "/v1/models/{id}", get_head, true};
@@ -135,7 +138,7 @@ std::optional<ray::error> router::check_headers(http::request_header const& head
 
   bool const work = route.id == route_id::infer || route.id == route_id::jobs || route.id == route_id::job ||
                     route.id == route_id::embeddings || route.id == route_id::chat ||
-                    route.id == route_id::completions;
+                    route.id == route_id::completions || route.id == route_id::responses;
   if (work && acc.rate.enabled && acc.limiter) {
     // The last 8 X-Forwarded-For lines, in order: our own proxies append at the right end (client_ip trusts
     // from there), so extra lines a client sends must push out its own, never the proxy's.
@@ -324,6 +327,9 @@ boost::asio::awaitable<void> router::handle(http::exchange& ex) {
         co_return;
       case route_id::completions:
         co_await handle_openai(ex, true);
+        co_return;
+      case route_id::responses:
+        co_await handle_responses(ex);
         co_return;
       case route_id::jobs:
       case route_id::job:

@@ -47,6 +47,7 @@ struct chat_message {
   std::string content;
   std::optional<std::string> name{};
   std::optional<std::string> tool_call_id{};
+  boost::json::value tool_calls{};  // an assistant message's tool calls as sent (null when none)
 };
 
 struct generation_request {
@@ -73,6 +74,11 @@ struct generation_result {
   boost::json::array tool_calls{};    // assembled from the streamed deltas (OpenAI shape), empty when none
   std::optional<std::uint32_t> prompt_tokens{};
   std::optional<std::uint32_t> completion_tokens{};
+  // usage.prompt_tokens_details.cached_tokens as the backend reported it (nullopt when it did not): the
+  // client-facing figure, passed through unchanged; tokens_cached below is Ray's own (timings) bookkeeping.
+  std::optional<std::uint32_t> cached_tokens{};
+  // OpenAI chat `logprobs` asked for: {"content":[…]} concatenated from the streamed chunks (null otherwise).
+  boost::json::value logprobs{};
   std::optional<std::int32_t> slot_id{};
   std::uint32_t tokens_cached{0};
   std::uint32_t tokens_evaluated{0};
@@ -89,6 +95,9 @@ class token_sink {
   virtual void on_delta(std::string_view text) = 0;
   // A streamed `delta.tool_calls` array, as the backend sent it.
   virtual void on_tool_calls(boost::json::value const& delta) { (void)delta; }
+  // A streamed chunk's `choices[0].logprobs` object, as sent; called just before on_delta() of the same
+  // chunk (or alone when the chunk has no text).
+  virtual void on_logprobs(boost::json::value const& logprobs) { (void)logprobs; }
 };
 
 // What the backend serves (from config, or from llama-server /props once attached).
@@ -111,6 +120,13 @@ struct details {
   std::uint32_t n_ctx{0};
   std::uint32_t total_slots{0};
   std::uint32_t slots_busy{0};
+  // The load view of the Inference Extension gauges (docs/scale-out.md): slots the server reports processing
+  // that Ray did not dispatch (another client), the server's own queue (llama-server's
+  // `llamacpp:requests_deferred`, needs --metrics) and the KV cache in use, 0..1 (from /slots). nullopt =
+  // unknown: the gauge is then left out of /metrics.
+  std::uint32_t slots_foreign{0};
+  std::optional<std::uint32_t> requests_deferred{};
+  std::optional<double> kv_cache_usage{};
   std::string last_error{};
   std::string checked_at{};
   double probe_latency_ms{0};

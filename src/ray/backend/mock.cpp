@@ -5,6 +5,7 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <algorithm>
 #include <chrono>
 
 namespace ray::backend {
@@ -56,12 +57,41 @@ class mock_backend final : public backend {
     return {model_id_, "mock", context_, context_, 1, "mock:" + model_id_};
   }
 
+  // The Inference Extension load view of the mock's own slots: every generate() in flight is running and
+  // holds its prompt plus the tokens streamed so far, out of the one context window (describe().kv_pool).
+  details current_details() const override {
+    details d;
+    d.slots_busy = running_;
+    d.requests_deferred = 0;
+    if (context_ > 0)
+      d.kv_cache_usage = std::min(1.0, static_cast<double>(held_tokens_) / static_cast<double>(context_));
+    return d;
+  }
+
   void start() override {}
   void stop() override {}
 
   boost::asio::awaitable<result<generation_result>> generate(generation_request req,
                                                              token_sink* sink) override {
     ++requests_;
+    std::size_t prompt_tokens = estimate_tokens(req.system) + estimate_tokens(req.prompt);
+    for (auto const& m : req.messages)
+      prompt_tokens += estimate_tokens(m.content);
+    // What this call holds of the load view; released however the coroutine ends (cancellation included).
+    struct hold {
+      mock_backend& be;
+      std::uint64_t tokens{0};
+      explicit hold(mock_backend& b) : be(b) { ++be.running_; }
+      void add(std::uint64_t n) {
+        tokens += n;
+        be.held_tokens_ += n;
+      }
+      ~hold() {
+        --be.running_;
+        be.held_tokens_ -= tokens;
+      }
+    } held(*this);
+    held.add(prompt_tokens);
     auto const started = std::chrono::steady_clock::now();
     boost::asio::steady_timer timer(ex_);
     if (latency_.count() > 0) {
@@ -94,6 +124,7 @@ class mock_backend final : public backend {
         std::size_t end = full.find_first_of(" \n", pos);
         end = end == std::string::npos ? full.size() : end + 1;
         if (sink) sink->on_delta(std::string_view(full).substr(pos, end - pos));
+        held.add(estimate_tokens(std::string_view(full).substr(pos, end - pos)));
         pos = end;
         if (pos < full.size()) {
           timer.expires_after(gap);
@@ -103,9 +134,6 @@ class mock_backend final : public backend {
       }
     }
     auto const done = std::chrono::steady_clock::now();
-    std::size_t prompt_tokens = estimate_tokens(req.system) + estimate_tokens(req.prompt);
-    for (auto const& m : req.messages)
-      prompt_tokens += estimate_tokens(m.content);
     out.prompt_tokens = static_cast<std::uint32_t>(prompt_tokens);
     out.completion_tokens = static_cast<std::uint32_t>(estimate_tokens(full));
     out.tokens_evaluated = *out.prompt_tokens;
@@ -128,6 +156,8 @@ class mock_backend final : public backend {
   std::uint32_t tokens_per_second_;
   std::uint32_t context_;
   std::uint64_t requests_{0};
+  std::uint32_t running_{0};      // generate() calls in flight
+  std::uint64_t held_tokens_{0};  // their prompt + streamed tokens
 };
 
 }  // namespace

@@ -4,6 +4,9 @@
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 
+#include <algorithm>
+#include <charconv>
+#include <cmath>
 #include <initializer_list>
 
 namespace ray::backend {
@@ -81,6 +84,47 @@ std::optional<std::vector<bool>> parse_slots(std::string_view body, std::vector<
   return ext;
 }
 
+std::optional<slots_load> parse_slots_load(std::string_view body, bool unified_kv) {
+  boost::system::error_code ec;
+  auto v = json::parse(body, ec);
+  if (ec || !v.is_array()) return std::nullopt;
+  constexpr std::uint32_t max_slots = 1u << 9, max_ctx = 1u << 22;
+  slots_load out;
+  for (auto const& slot : v.get_array()) {
+    if (out.slots >= max_slots) break;
+    auto n_ctx = count_at(slot, {"n_ctx"}, max_ctx);
+    if (!n_ctx) continue;
+    ++out.slots;
+    out.capacity = unified_kv ? std::max<std::uint64_t>(out.capacity, *n_ctx) : out.capacity + *n_ctx;
+    auto proc = find_path(slot, {"is_processing"});
+    if (!proc || !proc->is_bool() || !proc->get_bool()) continue;
+    ++out.processing;
+    std::uint64_t held = count_at(slot, {"n_prompt_tokens"}, max_ctx).value_or(0);
+    if (auto next = find_path(slot, {"next_token"}); next && next->is_array() && !next->get_array().empty())
+      held += count_at(next->get_array()[0], {"n_decoded"}, max_ctx).value_or(0);
+    out.tokens_held += std::min<std::uint64_t>(held, *n_ctx);
+  }
+  if (out.capacity > 0)
+    out.kv_usage = std::min(1.0, static_cast<double>(out.tokens_held) / static_cast<double>(out.capacity));
+  return out;
+}
+
+std::optional<double> parse_prometheus_sample(std::string_view body, std::string_view name) {
+  while (!body.empty()) {
+    auto nl = body.find('\n');
+    std::string_view line = body.substr(0, nl);
+    body.remove_prefix(nl == std::string_view::npos ? body.size() : nl + 1);
+    if (!line.starts_with(name) || line.size() <= name.size() || line[name.size()] != ' ') continue;
+    line.remove_prefix(name.size() + 1);
+    line = line.substr(0, line.find(' '));  // a timestamp may follow
+    double d{};
+    auto [p, err] = std::from_chars(line.data(), line.data() + line.size(), d);
+    if (err != std::errc() || p != line.data() + line.size() || !std::isfinite(d)) return std::nullopt;
+    return d;
+  }
+  return std::nullopt;
+}
+
 std::optional<context_exceeded> parse_context_exceeded(std::string_view body) {
   boost::system::error_code ec;
   auto v = json::parse(body, ec);
@@ -123,6 +167,7 @@ result<stream_chunk> parse_stream_chunk(std::string_view data) {
     if (!content) content = find_path(c0, {"text"});  // /v1/completions chunks
     if (content && content->is_string()) out.content = std::string(content->get_string());
     if (auto tc = find_path(c0, {"delta", "tool_calls"}); tc && tc->is_array()) out.tool_calls = *tc;
+    if (auto lp = find_path(c0, {"logprobs"}); lp && lp->is_object()) out.logprobs = *lp;
     if (auto fr = find_path(c0, {"finish_reason"}); fr && fr->is_string())
       out.finish_reason = std::string(fr->get_string());
   }

@@ -40,6 +40,27 @@ std::optional<props_info> parse_props(std::string_view body);
 // `id` or a boolean `is_processing`, are ignored. nullopt when the body is not a JSON array.
 std::optional<std::vector<bool>> parse_slots(std::string_view body, std::vector<bool> const& busy);
 
+// GET /slots as a load view for the Inference Extension gauges (docs/scale-out.md). Per slot with a numeric
+// `n_ctx` (at most 2^22; at most 2^9 slots are read): capacity adds its n_ctx (with a unified KV buffer every
+// slot reports the whole buffer, so capacity is the largest n_ctx instead). A slot whose `is_processing` is
+// true counts in `processing` and holds n_prompt_tokens + next_token[0].n_decoded tokens (absent fields count
+// 0), at most its n_ctx. An idle slot holds nothing: the prompt it keeps cached is reused or overwritten by
+// the next request at no cost, like the freed prefix-cache blocks vLLM counts as free. kv_usage =
+// tokens_held / capacity, clamped to 0..1, nullopt when no slot reports n_ctx. nullopt when the body is not
+// a JSON array.
+struct slots_load {
+  std::uint32_t slots{0};       // slots read (those with a numeric n_ctx)
+  std::uint32_t processing{0};  // of them, is_processing true
+  std::uint64_t tokens_held{0};
+  std::uint64_t capacity{0};
+  std::optional<double> kv_usage{};
+};
+std::optional<slots_load> parse_slots_load(std::string_view body, bool unified_kv);
+
+// The value of the first unlabelled sample `name` in a Prometheus text body (e.g. llama-server's
+// `llamacpp:requests_deferred`); nullopt when absent or not a finite number.
+std::optional<double> parse_prometheus_sample(std::string_view body, std::string_view name);
+
 // A 400 body of llama-server's `exceed_context_size_error`: the token counts it reports (each nullopt when
 // absent or out of range). nullopt for any other body.
 struct context_exceeded {
@@ -60,6 +81,7 @@ std::optional<std::uint32_t> parse_token_count(std::string_view body);
 struct stream_chunk {
   std::string content{};  // choices[0].delta.content (chat) or choices[0].text (completions); "" if none
   boost::json::value tool_calls{};             // choices[0].delta.tool_calls as sent when an array, else null
+  boost::json::value logprobs{};               // choices[0].logprobs as sent when an object, else null
   std::optional<std::string> finish_reason{};  // choices[0].finish_reason when a string
   bool has_usage{false};
   std::optional<std::uint32_t> prompt_tokens{}, completion_tokens{}, cached_tokens{};

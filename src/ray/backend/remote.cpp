@@ -87,6 +87,13 @@ class remote_backend final : public backend {
   details current_details() const override {
     details d = details_;
     d.slots_busy = static_cast<std::uint32_t>(std::count(busy_.begin(), busy_.end(), true));
+    d.slots_foreign =
+        static_cast<std::uint32_t>(std::count(external_busy_.begin(), external_busy_.end(), true));
+    // A view older than this (the answers kept timing out) or from a backend that is not serving is unknown.
+    auto const now = steady::now();
+    auto fresh = [&](steady::time_point at) { return is_serving(state_) && now - at <= load_view_ttl(); };
+    if (kv_usage_ && fresh(kv_usage_at_)) d.kv_cache_usage = kv_usage_;
+    if (deferred_ && fresh(deferred_at_)) d.requests_deferred = deferred_;
     return d;
   }
   void set_warmup(warmup_fn fn) override { warmup_ = std::move(fn); }
@@ -225,6 +232,13 @@ class remote_backend final : public backend {
     return err;
   }
 
+  std::chrono::milliseconds slots_period() const {
+    return std::chrono::milliseconds(std::max<std::uint32_t>(cfg_.model.adapter.slot_state_ttl_ms, 1000));
+  }
+  std::chrono::milliseconds load_view_ttl() const {
+    return std::max<std::chrono::milliseconds>(std::chrono::seconds(10), 3 * slots_period());
+  }
+
   asio::awaitable<void> health_loop();
   asio::awaitable<void> metrics_loop();
   asio::awaitable<void> slots_loop();
@@ -255,6 +269,10 @@ class remote_backend final : public backend {
   std::function<std::optional<double>()> on_answering_{};
   telemetry::metrics_cache* metrics_{nullptr};
   std::vector<bool> external_busy_{};  // slots /slots reports processing that Ray did not dispatch
+  std::optional<double> kv_usage_{};   // from the last /slots answer (parse_slots_load)
+  steady::time_point kv_usage_at_{};
+  std::optional<std::uint32_t> deferred_{};  // llamacpp:requests_deferred of the last /metrics answer
+  steady::time_point deferred_at_{};
   http::client slots_client_;
   http::client metrics_client_;  // its own connection: a slow /metrics never holds up a probe
   std::uint64_t requests_{0};
@@ -421,8 +439,8 @@ asio::awaitable<void> remote_backend::health_loop() {
 // last view.
 asio::awaitable<void> remote_backend::slots_loop() {
   asio::steady_timer timer(ex_);
-  auto const period =
-      std::chrono::milliseconds(std::max<std::uint32_t>(cfg_.model.adapter.slot_state_ttl_ms, 1000));
+  auto const period = slots_period();
+  bool const unified_kv = cfg_.model.adapter.launch && cfg_.model.adapter.launch->enable_unified_kv;
   while (!stopped_) {
     if (is_serving(state_)) {
       http::client_request const req{http::verb::get,
@@ -433,7 +451,13 @@ asio::awaitable<void> remote_backend::slots_loop() {
       auto r = co_await slots_client_.send(req);
       if (r && r->status == 200) {
         if (auto ext = parse_slots(r->body, busy_)) external_busy_ = std::move(*ext);
+        auto load = parse_slots_load(r->body, unified_kv);
+        kv_usage_ = load ? load->kv_usage : std::nullopt;
+        kv_usage_at_ = steady::now();
+      } else if (r) {
+        kv_usage_.reset();  // answered without slots (501 with --no-slots, 401…): unknown at once
       }
+      // A timeout (a long prefill stalls /slots) keeps the last view until load_view_ttl() has passed.
     }
     timer.expires_after(period);
     co_await timer.async_wait(use_tuple);
@@ -454,8 +478,12 @@ asio::awaitable<void> remote_backend::metrics_loop() {
       auto r = co_await metrics_client_.send(req);
       if (r && r->status == 200) {
         metrics_->store(telemetry::reexport_llamacpp(r->body), ray::system_clock().now());
+        auto deferred = parse_prometheus_sample(r->body, "llamacpp:requests_deferred");
+        deferred_ = deferred ? to_count(*deferred) : std::nullopt;
+        deferred_at_ = steady::now();
       } else if (r) {
         metrics_->clear();  // the server answers but has no metrics (501 without --metrics)
+        deferred_.reset();
       }
       // A fetch that failed or timed out (llama-server's /metrics blocks during a long prefill) keeps the
       // last copy: stale numbers beat a gap in every dashboard during each prefill.
@@ -557,6 +585,12 @@ asio::awaitable<result<generation_result>> remote_backend::generate(generation_r
     if (!req.messages.empty()) {
       for (auto const& m : req.messages) {
         json::object o{{"role", m.role}, {"content", m.content}};
+        // An assistant turn that called tools: its calls go back as sent (content null when it had none),
+        // or a tool-using conversation loses the calls its `tool` messages answer.
+        if (!m.tool_calls.is_null()) {
+          if (m.content.empty()) o["content"] = nullptr;
+          o["tool_calls"] = m.tool_calls;
+        }
         if (m.name) o["name"] = *m.name;
         if (m.tool_call_id) o["tool_call_id"] = *m.tool_call_id;
         messages.push_back(std::move(o));
@@ -624,6 +658,16 @@ asio::awaitable<result<generation_result>> remote_backend::generate(generation_r
       co_return e;
     }
     auto const& c = *chunk;
+    if (c.logprobs.is_object()) {
+      if (auto const* content = c.logprobs.get_object().if_contains("content");
+          content && content->is_array()) {
+        if (out.logprobs.is_null()) out.logprobs = json::object{{"content", json::array{}}};
+        auto& all = out.logprobs.as_object()["content"].as_array();
+        for (auto const& e : content->get_array())
+          all.push_back(e);
+      }
+      if (sink) sink->on_logprobs(c.logprobs);
+    }
     if (!c.content.empty()) {
       if (!saw_first) {
         out.ttft_ms = std::chrono::duration<double, std::milli>(steady::now() - started).count();
@@ -640,7 +684,10 @@ asio::awaitable<result<generation_result>> remote_backend::generate(generation_r
     if (c.has_usage) {
       if (c.prompt_tokens) out.prompt_tokens = *c.prompt_tokens;
       if (c.completion_tokens) out.completion_tokens = *c.completion_tokens;
-      if (c.cached_tokens) out.tokens_cached = *c.cached_tokens;
+      if (c.cached_tokens) {
+        out.tokens_cached = *c.cached_tokens;
+        out.cached_tokens = *c.cached_tokens;
+      }
     }
     if (c.has_timings) {
       out.prompt_tokens_per_second = c.prompt_per_second.value_or(0);

@@ -130,6 +130,10 @@ class flight_sink final : public backend::token_sink {
     for (auto* l : f_.listeners)
       l->on_tool_calls(delta);  // tool requests are never joined: no replay
   }
+  void on_logprobs(boost::json::value const& logprobs) override {
+    for (auto* l : f_.listeners)
+      l->on_logprobs(logprobs);  // logprobs requests are never joined either (api's cacheable()): no replay
+  }
 
  private:
   flight& f_;
@@ -213,6 +217,26 @@ struct runtime::impl {
           [this] { return double(be.current_details().slots_busy); });
     gauge("ray_backend_load_seconds", "Duration of the backend's last model load (0 when unknown).",
           "backend.loadSeconds", [this] { return be.current_details().load_ms.value_or(0) / 1000.0; });
+    // The Gateway API Inference Extension's model-server metrics (docs/scale-out.md maps the endpoint
+    // picker's flags to them): waiting = Ray's queue plus the server's own (llama-server's deferred
+    // requests), running = busy slots (Ray's and other clients'), KV cache in use 0..1 (left out while
+    // unknown).
+    gauge("ray_inference_requests_waiting",
+          "Requests waiting for a slot: Ray's queue plus the backend's deferred requests.",
+          "inference.requestsWaiting", [this] {
+            return double(sched.stats().queue_depth) +
+                   double(be.current_details().requests_deferred.value_or(0));
+          });
+    gauge("ray_inference_requests_running", "Requests running on the backend (busy slots, any client).",
+          "inference.requestsRunning", [this] {
+            auto const d = be.current_details();
+            return double(d.slots_busy) + double(d.slots_foreign);
+          });
+    m.add_gauge("ray_inference_kv_cache_usage_ratio",
+                "Fraction of the backend's KV cache held by running requests (0..1), from /slots; absent "
+                "while unknown.",
+                {}, {.json_name = "inference.kvCacheUsage"})
+        .set_optional_function({}, [this] { return be.current_details().kv_cache_usage; });
     gauge("ray_memory_pressure", "1 while memory pressure degrades new work.", "pressure.memory",
           [this] { return last_decision.memory_pressure ? 1.0 : 0.0; });
     gauge("ray_cpu_pressure", "1 while CPU pressure degrades new work.", "pressure.cpu",

@@ -114,6 +114,8 @@ class stream_listener {
   virtual ~stream_listener() = default;
   virtual void on_text(std::string_view delta) = 0;
   virtual void on_tool_calls(boost::json::value const& delta) { (void)delta; }
+  // A chunk's `logprobs` object (OpenAI chat), just before the on_text() of the same chunk.
+  virtual void on_logprobs(boost::json::value const& logprobs) { (void)logprobs; }
 };
 
 struct runtime_stats {

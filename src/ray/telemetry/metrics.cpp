@@ -50,7 +50,8 @@ struct series {
                                      std::function<double()>>;
   Cell cell;
   std::unique_ptr<std::atomic<std::uint64_t>[]> bucket_storage;  // histograms only
-  fn_type fn;               // when set, the rendered value (counters and gauges only)
+  fn_type fn;                                       // when set, the rendered value (counters and gauges only)
+  std::function<std::optional<double>()> maybe_fn;  // gauges: when set, the value or nullopt = not rendered
   std::string labels;       // `a="x",b="y"` escaped, without braces; empty when unlabelled
   std::string json_labels;  // `{a=x,b=y}`; empty when unlabelled
 };
@@ -167,6 +168,18 @@ struct family_impl final : family_state {
     find_or_create(values).fn = std::move(fn);
   }
 
+  void set_optional_function(std::span<std::string_view const> values,
+                             std::function<std::optional<double>()> fn) {
+    std::lock_guard lk(mutex);
+    find_or_create(values).maybe_fn = std::move(fn);
+  }
+
+  // A gauge series' value now; nullopt = leave the series out of this render.
+  static std::optional<double> gauge_value(series<Cell> const& s) {
+    if (s.maybe_fn) return s.maybe_fn();
+    return s.fn ? s.fn() : s.cell.value.load(std::memory_order_relaxed);
+  }
+
   std::size_t size() const {
     std::lock_guard lk(mutex);
     return list.size();
@@ -189,6 +202,8 @@ struct family_impl final : family_state {
     if (list.empty()) {
       return;
     }
+    std::size_t const start = out.size();
+    bool any = false;
     out += "# HELP ";
     out += name;
     out += ' ';
@@ -217,16 +232,22 @@ struct family_impl final : family_state {
         append_series_name(out, "_count", s);
         text::append_uint(out, cumulative);
         out += '\n';
+        any = true;
       } else {
-        append_series_name(out, "", s);
         if constexpr (is_counter) {
+          append_series_name(out, "", s);
           text::append_uint(out, s.fn ? s.fn() : s.cell.value.load(std::memory_order_relaxed));
         } else {
-          text::append_number(out, s.fn ? s.fn() : s.cell.value.load(std::memory_order_relaxed));
+          auto v = gauge_value(s);
+          if (!v) continue;
+          append_series_name(out, "", s);
+          text::append_number(out, *v);
         }
         out += '\n';
+        any = true;
       }
     }
+    if (!any) out.resize(start);  // every series was left out: no HELP/TYPE without a sample
   }
 
   void append_json_key(std::string& out, std::string_view suffix, series<Cell> const& s) const {
@@ -259,9 +280,11 @@ struct family_impl final : family_state {
         append_json_key(counters, "", s);
         text::append_uint(counters, s.fn ? s.fn() : s.cell.value.load(std::memory_order_relaxed));
       } else {
+        auto v = gauge_value(s);
+        if (!v) continue;
         append_sep(gauges);
         append_json_key(gauges, "", s);
-        text::append_json_number(gauges, s.fn ? s.fn() : s.cell.value.load(std::memory_order_relaxed));
+        text::append_json_number(gauges, *v);
       }
     }
   }
@@ -401,6 +424,11 @@ gauge gauge_family::with(std::span<std::string_view const> values) const {
 void gauge_family::set_function(std::initializer_list<std::string_view> values,
                                 std::function<double()> fn) const {
   f_->set_function(as_span(values), std::move(fn));
+}
+
+void gauge_family::set_optional_function(std::initializer_list<std::string_view> values,
+                                         std::function<std::optional<double>()> fn) const {
+  f_->set_optional_function(as_span(values), std::move(fn));
 }
 std::size_t gauge_family::series_count() const {
   return f_->size();

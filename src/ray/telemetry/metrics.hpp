@@ -10,6 +10,7 @@
 #include <initializer_list>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -155,6 +156,10 @@ class gauge_family {
   gauge with(std::span<std::string_view const> label_values) const;
   // As counter_family::set_function.
   void set_function(std::initializer_list<std::string_view> label_values, std::function<double()> fn) const;
+  // As set_function, for a value that may be unknown: nullopt leaves the series out of that render (both
+  // views), and a family whose every series is left out is omitted whole (no HELP/TYPE without a sample).
+  void set_optional_function(std::initializer_list<std::string_view> label_values,
+                             std::function<std::optional<double>()> fn) const;
   std::size_t series_count() const;
 
  private:

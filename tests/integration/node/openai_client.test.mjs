@@ -278,8 +278,7 @@ test("a context overflow raises BadRequestError with code context_length_exceede
 });
 
 test("tools and tool_choice reach the backend as sent, and the answer comes back in chat shape", { timeout: TEST_TIMEOUT }, async () => {
-  // The double answers in text (it makes no tool calls): this checks the client-visible path and what Ray
-  // forwards, not tool calling itself.
+  // Cut at 3 tokens (the double's tool call needs ~30): this checks what Ray forwards.
   const tools = [
     {
       type: "function",
@@ -401,4 +400,114 @@ test("503 queue_full: the client waits the Retry-After Ray gave, then its retry 
     await control({ hang_before_first_token: false });
     await Promise.allSettled(held);
   }
+});
+
+// ---- round two (issue 19): tool calls, structured outputs, /v1/responses
+
+const weatherTools = [
+  { type: "function", function: { name: "get_weather", parameters: { type: "object", properties: { city: { type: "string" } } } } },
+  { type: "function", function: { name: "get_time", parameters: { type: "object" } } },
+];
+
+test("a streamed tool call assembles into the arguments the double produced", { timeout: TEST_TIMEOUT }, async () => {
+  const content = prompt("Weather in two cities?");
+  const body = chat(content, { tools: weatherTools, tool_choice: "auto", parallel_tool_calls: true, max_tokens: 200 });
+  const stream = await client().chat.completions.create({ ...body, stream: true });
+  const calls = [];
+  let finish = null;
+  for await (const chunk of stream) {
+    const c = chunk.choices[0];
+    if (!c) continue;
+    for (const d of c.delta?.tool_calls ?? []) {
+      calls[d.index] ??= { id: "", name: "", arguments: "" };
+      if (d.id) calls[d.index].id = d.id;
+      if (d.function?.name) calls[d.index].name = d.function.name;
+      if (d.function?.arguments) calls[d.index].arguments += d.function.arguments;
+    }
+    if (c.finish_reason) finish = c.finish_reason;
+  }
+  assert.equal(finish, "tool_calls");
+  assert.equal(calls.length, 2);
+  // The same request straight to the double, non-streaming: its assembled calls.
+  // (Ray sends `developer` as `system`, so the double sees the same prompt.)
+  const messages = body.messages.map((m) => (m.role === "developer" ? { ...m, role: "system" } : m));
+  const direct = await double("/v1/chat/completions", { ...body, messages, model: MODEL_ID });
+  const want = direct.choices[0].message.tool_calls;
+  assert.equal(want.length, 2);
+  for (let i = 0; i < 2; i++) {
+    assert.equal(calls[i].id, want[i].id);
+    assert.equal(calls[i].name, want[i].function.name);
+    assert.deepEqual(JSON.parse(calls[i].arguments), JSON.parse(want[i].function.arguments));
+  }
+});
+
+test("a non-streaming tool call comes back as message.tool_calls with finish_reason tool_calls", { timeout: TEST_TIMEOUT }, async () => {
+  const r = await client().chat.completions.create(
+    chat(prompt("Weather?"), { tools: weatherTools, tool_choice: { type: "function", function: { name: "get_time" } }, max_tokens: 200 }),
+  );
+  assert.equal(r.choices[0].finish_reason, "tool_calls");
+  assert.equal(r.choices[0].message.content, null);
+  const calls = r.choices[0].message.tool_calls;
+  assert.equal(calls.length, 1);
+  assert.equal(calls[0].type, "function");
+  assert.equal(calls[0].function.name, "get_time");
+  assert.equal(typeof JSON.parse(calls[0].function.arguments).city, "string");
+});
+
+test("response_format json_schema: the answer parses and follows the schema (beta.chat.completions.parse)", { timeout: TEST_TIMEOUT }, async () => {
+  const schema = {
+    type: "object",
+    properties: { city: { type: "string" }, days: { type: "integer" } },
+    required: ["city", "days"],
+    additionalProperties: false,
+  };
+  const r = await client().beta.chat.completions.parse(
+    chat(prompt("Forecast as JSON"), {
+      max_tokens: 100,
+      temperature: 0,
+      response_format: { type: "json_schema", json_schema: { name: "forecast", strict: true, schema } },
+    }),
+  );
+  const parsed = r.choices[0].message.parsed;
+  assert.equal(typeof parsed.city, "string");
+  assert.equal(Number.isInteger(parsed.days), true);
+});
+
+test("responses.create answers with output_text, and its stream is the Responses event sequence", { timeout: TEST_TIMEOUT }, async () => {
+  const openai = client();
+  const r = await openai.responses.create({ model: ASKED_MODEL, instructions: "be brief", input: prompt("Hello"), max_output_tokens: 4 });
+  assert.equal(r.object, "response");
+  assert.equal(r.model, MODEL_ID);
+  assert.ok(r.output_text.length > 0);
+  assert.equal(r.usage.output_tokens, 4);
+
+  const stream = await openai.responses.create({ model: ASKED_MODEL, input: prompt("Hello"), max_output_tokens: 4, stream: true });
+  const types = [];
+  let text = "";
+  let last = -1;
+  let final = null;
+  for await (const event of stream) {
+    types.push(event.type);
+    assert.equal(event.sequence_number, last + 1);
+    last = event.sequence_number;
+    if (event.type === "response.output_text.delta") text += event.delta;
+    if (event.type === "response.incomplete" || event.type === "response.completed") final = event.response;
+  }
+  assert.deepEqual(types.slice(0, 4), ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]);
+  assert.equal(types.filter((t) => t === "response.output_text.delta").length, 4);
+  assert.ok(final);
+  assert.equal(final.output[0].content[0].text, text);
+
+  // The SDK's stream helper assembles the same text.
+  const helper = openai.responses.stream({ model: ASKED_MODEL, input: prompt("Hello"), max_output_tokens: 4 });
+  let helped = "";
+  helper.on("response.output_text.delta", (e) => (helped += e.delta));
+  const done = await helper.finalResponse();
+  assert.equal(done.output[0].content[0].text, helped); // (4.x's finalResponse() has no output_text helper)
+  assert.ok(helped.length > 0);
+
+  await assert.rejects(
+    openai.responses.create({ model: ASKED_MODEL, input: "x", previous_response_id: "resp_1" }),
+    (e) => e.status === 400 && e.code === "unsupported_parameter" && e.param === "previous_response_id",
+  );
 });

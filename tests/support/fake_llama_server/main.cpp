@@ -3,6 +3,7 @@
 // is compiled once, in ray_http's asio_impl.cpp).
 #include "knobs.hpp"
 #include "shapes.hpp"
+#include "tools.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -391,6 +392,7 @@ asio::awaitable<bool> handle_inference(std::shared_ptr<conn> c, api kind, std::s
       g->k.gen_tps > 0
           ? std::chrono::duration_cast<steady::duration>(std::chrono::duration<double>(1.0 / g->k.gen_tps))
           : steady::duration::zero();
+  auto const tool_plan = plan_tool_calls(rq);
   while (!ctx->cancelled && res.n_predicted < rq.n_gen_max) {
     if (per_token > steady::duration::zero()) {
       next_at += per_token;
@@ -401,7 +403,28 @@ asio::awaitable<bool> handle_inference(std::shared_ptr<conn> c, api kind, std::s
       failed = true;
       break;
     }
-    token t = generated_token(rq.prompt, res.n_predicted, rq.ignore_eos, g->k);
+    if (!tool_plan.empty()) {
+      // A tool call: its pieces are the tokens (tools.hpp); done when the last piece went out.
+      auto const& piece = tool_plan[static_cast<std::size_t>(res.n_predicted)];
+      ++res.n_predicted;
+      ++s->n_decoded;
+      --s->n_remain;
+      g->m.tokens_predicted_total += 1;
+      g->m.n_decode_total += 1;
+      if (rq.stream) {
+        if (!co_await emit(stream_tool_piece(rq, res, piece, g->k))) ctx->cancelled = true;
+      } else {
+        add_tool_piece(res, piece);
+      }
+      if (static_cast<std::size_t>(res.n_predicted) == tool_plan.size()) {
+        res.finish_reason = "tool_calls";
+        res.stop_type = "eos";
+        break;
+      }
+      continue;
+    }
+    token t = rq.planned_text.empty() ? generated_token(rq.prompt, res.n_predicted, rq.ignore_eos, g->k)
+                                      : planned_token(rq, res.n_predicted);
     ++res.n_predicted;
     ++s->n_decoded;
     --s->n_remain;
@@ -427,6 +450,8 @@ asio::awaitable<bool> handle_inference(std::shared_ptr<conn> c, api kind, std::s
       break;
     }
     res.content += piece;
+    if (rq.logprobs && !rq.stream && !piece.empty())
+      res.logprobs.push_back(logprob_entry(t, rq.top_logprobs));
     if (rq.stream && !piece.empty()) {
       t.piece = piece;
       if (!co_await emit(stream_token(rq, res, t, g->k))) ctx->cancelled = true;

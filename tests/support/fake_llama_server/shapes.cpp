@@ -1,4 +1,5 @@
 #include "shapes.hpp"
+#include "tools.hpp"
 
 #include <boost/json/parse.hpp>
 #include <boost/json/stream_parser.hpp>
@@ -314,6 +315,10 @@ std::string message_text(json::value const& content) {
 
 }  // namespace
 
+json::object chunk_head(gen_request const& rq, gen_result const& rs, knobs const& k, char const* object) {
+  return openai_head(rq, rs, k, object);
+}
+
 std::string dump(json::value const& v) {
   std::string out;
   dump_into(out, v);
@@ -446,6 +451,7 @@ std::variant<gen_request, reply> parse_request(api kind, std::string_view body, 
     e["n_ctx"] = n_ctx;
     return reply{400, dump(json::object{{"error", std::move(e)}})};
   }
+  plan_extras(rq);
   int room = n_ctx - rq.n_prompt;
   rq.n_gen_max =
       rq.n_predict >= 0 ? std::min(rq.n_predict, k.ctx_check_prompt_only ? room : rq.n_predict) : room;
@@ -473,7 +479,13 @@ std::string render_result(gen_request const& rq, gen_result const& rs, knobs con
   if (rq.kind == api::chat) {
     choice["finish_reason"] = rs.finish_reason;
     choice["index"] = 0;
-    choice["message"] = json::object{{"role", "assistant"}, {"content", rs.content}};
+    json::object message{{"role", "assistant"}, {"content", rs.content}};
+    if (!rs.tool_calls.empty()) {
+      if (rs.content.empty()) message["content"] = nullptr;  // llama-server: null content beside tool calls
+      message["tool_calls"] = rs.tool_calls;
+    }
+    choice["message"] = std::move(message);
+    if (rq.logprobs) choice["logprobs"] = json::object{{"content", rs.logprobs}};
   } else {
     choice["text"] = rs.content;
     choice["index"] = 0;
@@ -528,6 +540,8 @@ std::string stream_token(gen_request const& rq, gen_result const& rs, token cons
     choice["finish_reason"] = nullptr;
     choice["index"] = 0;
     choice["delta"] = json::object{{"content", t.piece}};
+    if (rq.logprobs)
+      choice["logprobs"] = json::object{{"content", json::array{logprob_entry(t, rq.top_logprobs)}}};
   } else {
     choice["text"] = t.piece;
     choice["index"] = 0;

@@ -63,6 +63,12 @@ struct gen_request {
   std::vector<std::string> stop;
   double temperature{0.800000011920929};
   std::uint64_t seed{4294967295u};
+  // tools.hpp: the functions this request calls (empty: plain text), the text a structured output produces
+  // (empty: the word list), and the logprobs asked for.
+  std::vector<std::string> tool_names{};
+  std::string planned_text{};
+  bool logprobs{false};
+  int top_logprobs{0};
 };
 
 // Parses and validates an inference body (status/body like llama-server on failure: invalid JSON → 500
@@ -92,7 +98,12 @@ struct gen_result {
   std::string stopping_word;
   double prompt_ms{0};
   double predicted_ms{0};
+  json::array tool_calls{};  // non-streaming: the assembled calls (tools.hpp)
+  json::array logprobs{};    // non-streaming: logprobs.content entries
 };
+
+// The head of an OpenAI chunk (created, id, model, system_fingerprint, object), in the recorded key order.
+json::object chunk_head(gen_request const& rq, gen_result const& rs, knobs const& k, char const* object);
 
 std::string new_completion_id();
 
