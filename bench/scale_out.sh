@@ -84,11 +84,13 @@ pg_port=$(free_port)
 as_pg "$pg_bin/pg_ctl" -D "$pg_data" -l "$work/pg/server.log" -w -t 60 \
   -o "-p $pg_port -k $work/pg -c listen_addresses=127.0.0.1 -c max_connections=60" start >/dev/null
 pg_version=$("$pg_bin/postgres" --version | awk '{ print $3 }')
-db=0
+# A fresh database per run (called in $(…), a subshell: the name comes from a counter file, not a variable).
+echo 0 >"$work/pg/count"
 new_db() {
-  db=$((db + 1))
-  "$pg_bin/psql" -q -h 127.0.0.1 -p "$pg_port" -U ray -d postgres -c "CREATE DATABASE bench$db" >/dev/null
-  echo "host=127.0.0.1 port=$pg_port user=ray dbname=bench$db"
+  local n=$(($(cat "$work/pg/count") + 1))
+  echo "$n" >"$work/pg/count"
+  "$pg_bin/psql" -q -h 127.0.0.1 -p "$pg_port" -U ray -d postgres -c "CREATE DATABASE bench$n" >/dev/null
+  echo "host=127.0.0.1 port=$pg_port user=ray dbname=bench$n"
 }
 
 lua="$work/post.lua"
@@ -193,7 +195,7 @@ two=$(med "${rps[haproxy-2]}")
 direct=$(med "${rps[direct-1]}")
 ratio=$(awk -v a="$two" -v b="$one" 'BEGIN { printf "%.2f", a / b }')
 lb_cost=$(awk -v a="$one" -v b="$direct" 'BEGIN { printf "%.1f", (1 - a / b) * 100 }')
-ideal=$(awk -v t="$tps" -v c="$clients" 'BEGIN { printf "%.1f", 2 * t / 16 }')
+ideal=$(awk -v t="$tps" 'BEGIN { printf "%.1f", 4 * t / 16 }')  # two nodes × 2 slots at t tokens/s, 16 tokens each
 
 {
   echo "# Past one box — measured"
@@ -227,7 +229,7 @@ ideal=$(awk -v t="$tps" -v c="$clients" 'BEGIN { printf "%.1f", 2 * t / 16 }')
   done
   echo
   echo "Two nodes / one node through HAProxy: **${ratio}×** (the doubles' ceiling for two nodes is ~$ideal req/s:"
-  echo "4 slots × $tps tokens/s ÷ 16 tokens). HAProxy's cost against the direct run: ${lb_cost} % of throughput."
+  echo "2 × 2 slots × $tps tokens/s ÷ 16 tokens). HAProxy's cost against the direct run: ${lb_cost} % of throughput."
   echo
   echo "**Read this as the balancer's cost, not as scaling.** All of it ran on one $(nproc)-core box: both nodes, both"
   echo "doubles, HAProxy and the load generator share the same CPUs, and the doubles' fixed per-token delay (not CPU)"
