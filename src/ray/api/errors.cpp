@@ -14,6 +14,7 @@ http::status status_of(errc code) noexcept {
     case errc::invalid_json:
     case errc::context_length_exceeded:
     case errc::unsupported_parameter:
+    case errc::model_kind_mismatch:
       return s::bad_request;
     case errc::unauthorized:
       return s::unauthorized;
@@ -58,6 +59,7 @@ http::status status_of(errc code) noexcept {
     case errc::shutting_down:
     case errc::async_queue_disabled:
     case errc::async_queue_storage_unavailable:
+    case errc::model_swap_busy:
       return s::service_unavailable;
     case errc::request_timeout:
     case errc::provider_timeout:
@@ -82,6 +84,8 @@ std::optional<double> retry_after_ms(ray::error const& err) {
       return err.retry_after_ms.value_or(30000.0);
     case errc::async_queue_storage_unavailable:
       return err.retry_after_ms.value_or(5000.0);  // the store reconnects by itself
+    case errc::model_swap_busy:
+      return err.retry_after_ms.value_or(5000.0);  // the residency manager's measured load/drain time
     case errc::shutting_down:
       return 5000.0;
     case errc::request_timeout:
@@ -104,6 +108,7 @@ std::string_view openai_type(errc code) noexcept {
     case errc::overloaded:
     case errc::provider_unavailable:
     case errc::shutting_down:
+    case errc::model_swap_busy:
       return "overloaded_error";
     default:
       break;

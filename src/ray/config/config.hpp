@@ -108,6 +108,9 @@ struct launch_profile {
 };
 
 enum class adapter_kind { mock, openai_compatible, llama_cpp };
+// What a model serves (models.md): chat/completions, embeddings (/v1/embeddings) or rerank (/v1/rerank).
+enum class model_kind { chat, embedding, rerank };
+std::string_view model_kind_name(model_kind k) noexcept;  // "chat" | "embedding" | "rerank"
 std::string_view adapter_kind_name(adapter_kind k) noexcept;  // "mock" | "openai-compatible" | "llama.cpp"
 
 struct adapter_config {
@@ -116,6 +119,7 @@ struct adapter_config {
   std::uint32_t latency_ms{35};
   std::string seed{"ray"};
   std::uint32_t tokens_per_second{0};
+  std::uint32_t dimensions{64};  // mock embeddings: length of the unit vectors
   // openai-compatible and llama.cpp
   std::string base_url{};
   std::string model_ref{};
@@ -131,6 +135,8 @@ struct adapter_config {
   std::uint32_t health_interval_ms{2000};
   std::uint32_t health_timeout_ms{5000};
   std::optional<launch_profile> launch{};  // JSON key "launchProfile"
+  // llama.cpp embedding models: llama-server's --pooling (none|mean|cls|last|rank); unset = the GGUF's.
+  std::optional<std::string> pooling{};
 
   friend bool operator==(adapter_config const&, adapter_config const&) = default;
 };
@@ -144,8 +150,24 @@ struct model_config {
   bool warm_on_boot{false};
   std::vector<std::string> aliases{};
   adapter_config adapter{};
+  model_kind kind{model_kind::chat};
+  bool pinned{false};  // never unloaded by the residency manager
+  // Unload a supervised backend after this long without requests; 0 = never. Unset: 0 for the first model,
+  // 600 000 for the others (models.md).
+  std::optional<std::uint32_t> idle_unload_ms{};
 
   friend bool operator==(model_config const&, model_config const&) = default;
+};
+
+// How several models share the box (models.md "Residency").
+struct residency_config {
+  // Memory all supervised backends together may use; unset = the box's RAM or cgroup limit minus reserveMiB.
+  std::optional<std::uint32_t> memory_budget_mib{};
+  std::uint32_t reserve_mib{512};
+  // What the attached backends (not supervised: always resident) use; unset = not counted.
+  std::optional<std::uint32_t> count_attached_mib{};
+
+  friend bool operator==(residency_config const&, residency_config const&) = default;
 };
 
 struct scheduler_config {
@@ -297,7 +319,11 @@ struct config {
   std::string profile{"tiny"};
   server_config server{};
   openai_config openai{};
+  // The first model (JSON `model`, or `models[0]`): every single-model path serves this one.
   model_config model{};
+  // models[1..] (JSON `models` after its first element); empty for a one-model config.
+  std::vector<model_config> more_models{};
+  residency_config residency{};
   scheduler_config scheduler{};
   cache_config cache{};
   degradation_config graceful_degradation{};

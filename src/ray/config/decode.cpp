@@ -340,7 +340,15 @@ void decoder::root(json::value const& v, config& cfg) {
         }},
        {"server", [&](json::value const& x, std::string const& p) { server(x, p, cfg.server); }},
        {"openai", [&](json::value const& x, std::string const& p) { openai(x, p, cfg.openai); }},
-       {"model", [&](json::value const& x, std::string const& p) { model(x, p, cfg.model); }},
+       {"model",
+        [&](json::value const& x, std::string const& p) {
+          if (v.is_object() && v.get_object().contains("models"))
+            return fail(p, "`model` and `models` are both set: list every model under `models` (the first is "
+                           "the default chat model) or configure one under `model`");
+          model(x, p, cfg.model);
+        }},
+       {"models", [&](json::value const& x, std::string const& p) { models(x, p, cfg); }},
+       {"residency", [&](json::value const& x, std::string const& p) { residency(x, p, cfg.residency); }},
        {"scheduler", [&](json::value const& x, std::string const& p) { scheduler(x, p, cfg.scheduler); }},
        {"cache", [&](json::value const& x, std::string const& p) { cache(x, p, cfg.cache); }},
        {"gracefulDegradation",
@@ -397,8 +405,48 @@ void decoder::model(json::value const& v, std::string const& path, model_config&
           {"maxOutputTokens", u32(m.max_output_tokens)},
           {"warmOnBoot", boolean(m.warm_on_boot)},
           {"aliases", strings(m.aliases)},
+          {"kind", choice<model_kind>(m.kind, {{"chat", model_kind::chat},
+                                               {"embedding", model_kind::embedding},
+                                               {"rerank", model_kind::rerank}})},
+          {"pinned", boolean(m.pinned)},
+          {"idleUnloadMs", opt_u32(m.idle_unload_ms)},
           {"adapter", [&](json::value const& x, std::string const& p) { adapter(x, p, m.adapter); }}},
          {"operational"});
+}
+
+void decoder::models(json::value const& v, std::string const& path, config& cfg) {
+  if (!v.is_array()) return fail(path, "expected an array of model objects, got " + show(v, path));
+  auto const& list = v.get_array();
+  if (list.empty()) return fail(path, "must list at least one model");
+  if (list.size() > 16) return fail(path, "lists " + std::to_string(list.size()) + " models; at most 16");
+  // Every model starts from the profile's model defaults; models[0] is `model` (the first chat model).
+  model_config const base = cfg.model;
+  // A later layer (another file, the environment) that lists `models` replaces the list.
+  cfg.more_models.clear();
+  mark(path);
+  for (std::size_t i = 0; i < list.size() && !err_; ++i) {
+    auto const p = path + "[" + std::to_string(i) + "]";
+    if (i == 0) {
+      model(list[i], p, cfg.model);
+      // The first model is `model` to everything after decoding (derived values, the sources a validation
+      // error names): record its leaves under that path too.
+      std::vector<std::pair<std::string, std::string>> alias;
+      for (auto it = sources_.lower_bound(p); it != sources_.end() && it->first.starts_with(p); ++it)
+        alias.emplace_back("model" + it->first.substr(p.size()), it->second);
+      for (auto& [k, src] : alias)
+        sources_[k] = src;
+    } else {
+      cfg.more_models.push_back(base);
+      model(list[i], p, cfg.more_models.back());
+    }
+  }
+}
+
+void decoder::residency(json::value const& v, std::string const& path, residency_config& r) {
+  object(v, path,
+         {{"memoryBudgetMiB", opt_u32(r.memory_budget_mib)},
+          {"reserveMiB", u32(r.reserve_mib)},
+          {"countAttachedMiB", opt_u32(r.count_attached_mib)}});
 }
 
 void decoder::adapter(json::value const& v, std::string const& path, adapter_config& a) {
@@ -409,6 +457,8 @@ void decoder::adapter(json::value const& v, std::string const& path, adapter_con
           {"latencyMs", u32(a.latency_ms)},
           {"seed", string(a.seed)},
           {"tokensPerSecond", u32(a.tokens_per_second)},
+          {"dimensions", u32(a.dimensions)},
+          {"pooling", opt_string(a.pooling)},
           {"baseUrl", string(a.base_url)},
           {"modelRef", string(a.model_ref)},
           {"timeoutMs", u32(a.timeout_ms)},

@@ -85,6 +85,8 @@ class decoder {
   void server(json::value const& v, std::string const& path, server_config& s);
   void openai(json::value const& v, std::string const& path, openai_config& o);
   void model(json::value const& v, std::string const& path, model_config& m);
+  void models(json::value const& v, std::string const& path, config& cfg);
+  void residency(json::value const& v, std::string const& path, residency_config& r);
   void adapter(json::value const& v, std::string const& path, adapter_config& a);
   void launch(json::value const& v, std::string const& path, std::optional<launch_profile>& l);
   void warmups(json::value const& v, std::string const& path, std::vector<warmup_request>& w);

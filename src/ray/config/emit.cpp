@@ -93,6 +93,7 @@ json::object adapter_json(adapter_config const& a) {
       {"latencyMs", a.latency_ms},
       {"seed", a.seed},
       {"tokensPerSecond", a.tokens_per_second},
+      {"dimensions", a.dimensions},
       {"baseUrl", a.base_url},
       {"modelRef", a.model_ref},
       {"timeoutMs", a.timeout_ms},
@@ -105,7 +106,8 @@ json::object adapter_json(adapter_config const& a) {
       {"slotSnapshotTimeoutMs", a.slot_snapshot_timeout_ms},
       {"healthIntervalMs", a.health_interval_ms},
       {"healthTimeoutMs", a.health_timeout_ms},
-      {"launchProfile", a.launch ? json::value(launch_json(*a.launch)) : json::value(nullptr)}};
+      {"launchProfile", a.launch ? json::value(launch_json(*a.launch)) : json::value(nullptr)},
+      {"pooling", opt(a.pooling)}};
 }
 
 json::object templates_json(std::map<std::string, template_config> const& templates) {
@@ -156,13 +158,41 @@ void flatten(json::value const& v, std::string const& path,
 
 }  // namespace detail
 
+namespace {
+json::object model_json(model_config const& m) {
+  return json::object{{"id", m.id},
+                      {"family", m.family},
+                      {"quantization", m.quantization},
+                      {"contextWindow", m.context_window},
+                      {"maxOutputTokens", m.max_output_tokens},
+                      {"warmOnBoot", m.warm_on_boot},
+                      {"aliases", strings(m.aliases)},
+                      {"kind", model_kind_name(m.kind)},
+                      {"pinned", m.pinned},
+                      {"idleUnloadMs", opt(m.idle_unload_ms)},
+                      {"adapter", adapter_json(m.adapter)}};
+}
+
+// The models of a config as their JSON objects (`model` alone for a one-model config).
+void put_models(json::object& o, config const& c) {
+  if (c.more_models.empty()) {
+    o["model"] = model_json(c.model);
+    return;
+  }
+  json::array list;
+  list.push_back(model_json(c.model));
+  for (auto const& m : c.more_models)
+    list.push_back(model_json(m));
+  o["models"] = std::move(list);
+}
+}  // namespace
+
 boost::json::object to_json(config const& c) {
   auto const& s = c.server;
-  auto const& m = c.model;
   auto const& q = c.scheduler;
   auto const& g = c.graceful_degradation;
   auto const& aq = c.async_queue;
-  return json::object{
+  auto o = json::object{
       {"profile", c.profile},
       {"server", json::object{{"host", s.host},
                               {"port", s.port},
@@ -187,14 +217,6 @@ boost::json::object to_json(config const& c) {
                               {"allowUnauthenticatedPublic", s.allow_unauthenticated_public}}},
       {"openai", json::object{{"strictModelNames", c.openai.strict_model_names},
                               {"defaultMaxTokens", opt(c.openai.default_max_tokens)}}},
-      {"model", json::object{{"id", m.id},
-                             {"family", m.family},
-                             {"quantization", m.quantization},
-                             {"contextWindow", m.context_window},
-                             {"maxOutputTokens", m.max_output_tokens},
-                             {"warmOnBoot", m.warm_on_boot},
-                             {"aliases", strings(m.aliases)},
-                             {"adapter", adapter_json(m.adapter)}}},
       {"scheduler", json::object{{"concurrency", q.concurrency},
                                  {"maxQueue", q.max_queue},
                                  {"maxQueuedTokens", q.max_queued_tokens},
@@ -265,6 +287,17 @@ boost::json::object to_json(config const& c) {
                                  {"trustedProxies", strings(c.rate_limit.trusted_proxies)}}},
       {"tags", string_map(c.tags)},
   };
+  // The models right after `openai`, where `model` always stood.
+  json::object out;
+  out.reserve(o.size() + 2);
+  for (auto& kv : o) {
+    out.emplace(kv.key(), std::move(kv.value()));
+    if (kv.key() == "openai") put_models(out, c);
+  }
+  out.emplace("residency", json::object{{"memoryBudgetMiB", opt(c.residency.memory_budget_mib)},
+                                        {"reserveMiB", c.residency.reserve_mib},
+                                        {"countAttachedMiB", opt(c.residency.count_attached_mib)}});
+  return out;
 }
 
 bool is_secret_flag(std::string_view flag) {
@@ -319,12 +352,18 @@ void redact_extra_args(json::array& args) {
 
 boost::json::object to_public_json(loaded_config const& loaded) {
   auto o = to_json(loaded.cfg);
-  auto& adapter = o["model"].as_object()["adapter"].as_object();
-  for (auto& [name, value] : adapter["headers"].as_object())
-    value = "[redacted]";
-  if (auto* lp = adapter.if_contains("launchProfile"); lp && lp->is_object())
-    if (auto* extra = lp->as_object().if_contains("extraArgs"); extra && extra->is_array())
-      redact_extra_args(extra->as_array());
+  auto redact_model = [](json::object& model) {
+    auto& adapter = model["adapter"].as_object();
+    for (auto& [name, value] : adapter["headers"].as_object())
+      value = "[redacted]";
+    if (auto* lp = adapter.if_contains("launchProfile"); lp && lp->is_object())
+      if (auto* extra = lp->as_object().if_contains("extraArgs"); extra && extra->is_array())
+        redact_extra_args(extra->as_array());
+  };
+  if (auto* m = o.if_contains("model")) redact_model(m->as_object());
+  if (auto* list = o.if_contains("models"))
+    for (auto& m : list->as_array())
+      redact_model(m.as_object());
   for (auto& digest : o["auth"].as_object()["apiKeySha256"].as_array())
     digest = "[redacted]";
   json::object sources;

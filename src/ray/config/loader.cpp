@@ -429,14 +429,19 @@ result<loaded_config> load_document(document const& doc, env_map const& env, fla
 
   // 5. Derived values, unless a layer set them: the GGUF path and alias follow modelRef, the llama.cpp
   // backend URL follows the launch profile's host:port.
-  if (auto& a = cfg.model.adapter; a.launch) {
-    std::string const& ref = a.model_ref.empty() ? cfg.model.id : a.model_ref;
-    if (!sources.contains("model.adapter.launchProfile.modelPath"))
+  auto derive = [&sources](model_config& m, std::string const& path) {
+    auto& a = m.adapter;
+    if (!a.launch) return;
+    std::string const& ref = a.model_ref.empty() ? m.id : a.model_ref;
+    if (!sources.contains(path + ".adapter.launchProfile.modelPath"))
       a.launch->model_path = "/var/lib/ray/models/" + ref + ".gguf";
-    if (!sources.contains("model.adapter.launchProfile.alias")) a.launch->alias = ref;
-    if (a.kind == adapter_kind::llama_cpp && !sources.contains("model.adapter.baseUrl"))
+    if (!sources.contains(path + ".adapter.launchProfile.alias")) a.launch->alias = ref;
+    if (a.kind == adapter_kind::llama_cpp && !sources.contains(path + ".adapter.baseUrl"))
       a.base_url = with_authority(a.base_url, a.launch->host, a.launch->port);
-  }
+  };
+  derive(cfg.model, "model");
+  for (std::size_t i = 0; i < cfg.more_models.size(); ++i)
+    derive(cfg.more_models[i], "models[" + std::to_string(i + 1) + "]");
   for (auto& digest : cfg.auth.api_key_sha256)
     for (auto& ch : digest)
       ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));

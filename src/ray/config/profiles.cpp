@@ -24,6 +24,18 @@
 
 namespace ray::config {
 
+std::string_view model_kind_name(model_kind k) noexcept {
+  switch (k) {
+    case model_kind::chat:
+      return "chat";
+    case model_kind::embedding:
+      return "embedding";
+    case model_kind::rerank:
+      return "rerank";
+  }
+  return "chat";
+}
+
 std::string_view adapter_kind_name(adapter_kind k) noexcept {
   switch (k) {
     case adapter_kind::mock:

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <map>
 #include <set>
 
 namespace ray::config {
@@ -160,8 +161,13 @@ class checker {
 
   void fail(std::string const& path, std::string const& message) {
     if (err_) return;
-    err_ = field_error(path, message, sources_ ? find_source(*sources_, path) : std::string());
+    // While a model of `models` other than the first is checked (its per-model view has it as `model`),
+    // the paths say which one.
+    std::string p = path;
+    if (!model_path_.empty() && (p == "model" || p.starts_with("model."))) p = model_path_ + p.substr(5);
+    err_ = field_error(p, message, sources_ ? find_source(*sources_, p) : std::string());
   }
+  void set_model_path(std::string path) { model_path_ = std::move(path); }
 
   void range(std::string const& path, std::int64_t v, std::int64_t lo, std::int64_t hi) {
     if (v < lo) fail(path, std::to_string(v) + " is below the minimum " + std::to_string(lo));
@@ -217,6 +223,7 @@ class checker {
  private:
   source_map const* sources_;
   std::optional<error> err_;
+  std::string model_path_;
 };
 
 void check_server(checker& c, server_config const& s) {
@@ -457,6 +464,59 @@ void check_model(checker& c, config const& cfg) {
   if (a.launch) check_launch(c, cfg, backend);
 }
 
+// `models`: each listed model as `model` is checked, plus what spans the list (models.md "Config").
+void check_models(checker& c, config const& cfg) {
+  auto model_only = [&c](model_config const& m) {
+    c.range("model.adapter.dimensions", m.adapter.dimensions, 1, 16'384);
+    if (m.adapter.pooling) {
+      static constexpr std::string_view poolings[] = {"none", "mean", "cls", "last", "rank"};
+      if (std::find(std::begin(poolings), std::end(poolings), *m.adapter.pooling) == std::end(poolings))
+        c.fail("model.adapter.pooling", quote(*m.adapter.pooling) + " is not one of none, mean, cls, last, rank");
+    }
+    if (m.idle_unload_ms) c.range("model.idleUnloadMs", *m.idle_unload_ms, 0, 604'800'000);
+  };
+  model_only(cfg.model);
+  for (std::size_t i = 0; i < cfg.more_models.size(); ++i) {
+    config view = cfg;
+    view.model = cfg.more_models[i];
+    view.more_models.clear();
+    c.set_model_path("models[" + std::to_string(i + 1) + "]");
+    check_model(c, view);
+    model_only(view.model);
+    c.set_model_path("");
+  }
+  // Ids and aliases name one model each (case-insensitively: requests match them that way).
+  std::map<std::string, std::string> names;  // lower-case name -> where it was first seen
+  std::map<std::uint32_t, std::string> ports;
+  auto lower = [](std::string v) {
+    for (auto& ch : v)
+      ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return v;
+  };
+  for (std::size_t i = 0; i <= cfg.more_models.size(); ++i) {
+    auto const& m = i == 0 ? cfg.model : cfg.more_models[i - 1];
+    std::string const p = cfg.more_models.empty() ? "model" : "models[" + std::to_string(i) + "]";
+    auto claim = [&](std::string const& name, std::string const& where) {
+      auto [it, fresh] = names.emplace(lower(name), where);
+      if (!fresh && it->second != where)
+        c.fail(where, quote(name) + " already names the model at " + it->second);
+    };
+    claim(m.id, p + ".id");
+    for (std::size_t a = 0; a < m.aliases.size(); ++a)
+      claim(m.aliases[a], p + ".aliases[" + std::to_string(a) + "]");
+    if (cfg.more_models.empty()) break;
+    auto const& l = m.adapter.launch;
+    if (m.adapter.kind == adapter_kind::llama_cpp && l && l->supervise) {
+      auto [it, fresh] = ports.emplace(l->port, p);
+      if (!fresh)
+        c.fail(p + ".adapter.launchProfile.port",
+               std::to_string(l->port) + " is already the port of the model at " + it->second);
+    }
+  }
+  if (cfg.residency.memory_budget_mib) c.range("residency.memoryBudgetMiB", *cfg.residency.memory_budget_mib, 64, 16'777'216);
+  c.range("residency.reserveMiB", cfg.residency.reserve_mib, 0, 1'048'576);
+}
+
 void check_scheduler(checker& c, config const& cfg) {
   auto const& s = cfg.scheduler;
   auto const out = static_cast<std::int64_t>(cfg.model.max_output_tokens);
@@ -594,6 +654,7 @@ result<void> validate_with(config const& cfg, source_map const* sources) {
   if (!profile_defaults(cfg.profile)) c.fail("profile", quote(cfg.profile) + " is not a known profile");
   check_server(c, cfg.server);
   check_model(c, cfg);
+  check_models(c, cfg);
   check_scheduler(c, cfg);
   check_cache_and_degradation(c, cfg);
   check_templates(c, cfg);

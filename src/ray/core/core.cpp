@@ -86,6 +86,10 @@ std::string_view code_name(errc code) noexcept {
       return "async_queue_storage_unavailable";
     case errc::unsupported_parameter:
       return "unsupported_parameter";
+    case errc::model_kind_mismatch:
+      return "model_kind_mismatch";
+    case errc::model_swap_busy:
+      return "model_swap_busy";
   }
   return "internal_error";
 }

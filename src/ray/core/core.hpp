@@ -55,6 +55,11 @@ enum class errc : std::uint8_t {
   async_queue_storage_unavailable,
   // An OpenAI field Ray deliberately does not serve (e.g. /v1/responses previous_response_id): 400.
   unsupported_parameter,
+  // A request for a model of the wrong kind (a chat request to an embedding model, or the reverse): 400.
+  model_kind_mismatch,
+  // The model must be loaded first and nothing can be unloaded for it before the request's deadline: 503
+  // with Retry-After.
+  model_swap_busy,
 };
 
 // The lower_snake wire name of a code, e.g. "queue_full".
