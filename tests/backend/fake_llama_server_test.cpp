@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -743,6 +744,12 @@ TEST(FakeLlamaServerKnobs, AcceptsEveryFlagRaysBuilderEmitsAndWarnsOnUnknownOnes
                         "--cache-idle-slots",
                         "--no-cache-idle-slots",
                         "--jinja",
+                        "--embedding",
+                        "--embeddings",
+                        "--pooling mean",
+                        "--reranking",
+                        "--rerank",
+                        "--embd-dim 16",
                         "-fa on",
                         "--log-file=/tmp/x y.log",
                         "--frobnicate",
@@ -768,6 +775,10 @@ TEST(FakeLlamaServerKnobs, AcceptsEveryFlagRaysBuilderEmitsAndWarnsOnUnknownOnes
   EXPECT_EQ(log.find("warning:"), log.rfind("warning:")) << "only --frobnicate is unknown:\n" << log;
   EXPECT_EQ(call(s.port(), "GET", "/slots").status, 200);
   EXPECT_EQ(call(s.port(), "GET", "/metrics").status, 200);
+  auto knobs = stats(s.port()).at("knobs").as_object();
+  EXPECT_EQ(knobs.at("embedding"), true);
+  EXPECT_EQ(knobs.at("reranking"), true) << "--rerank last: pooling rank";
+  EXPECT_EQ(knobs.at("embd_dim"), 16);
 }
 
 TEST(FakeLlamaServerKnobs, ContextPerSlotIsCtxOverParallelAndPromptPlusMaxMustFit) {
@@ -918,6 +929,190 @@ TEST(FakeLlamaServerKnobs, CrashAfterExitsWithTheGivenCode) {
   auto st = s.wait_exit(in(10s));
   ASSERT_TRUE(st);
   EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 134) << "status " << *st;
+}
+
+// ======================= embeddings and rerank
+
+std::string const embeddings_body =
+    R"({"model":"tiny-embed","input":["Hello operator.","The queue is full."],"encoding_format":"float"})";
+std::string const rerank_body =
+    R"({"model":"tiny-rerank","query":"Is the queue full?","documents":["Hello operator.","The queue is full.","Is the queue full?"],"top_n":2})";
+
+double l2(json::array const& v) {
+  double sum = 0;
+  for (auto const& x : v)
+    sum += x.to_number<double>() * x.to_number<double>();
+  return std::sqrt(sum);
+}
+
+rules pooled_rules() {
+  rules r;
+  r.exact_numbers.insert({"prompt_tokens", "total_tokens"});
+  return r;
+}
+
+TEST(FakeLlamaServerEmbeddings, V1EmbeddingsIsShapedLikeLlamaServersOpenAIAnswer) {
+  fake_server s(fixture_args({"--embedding", "--embd-dim", "8"}));
+  auto r = call(s.port(), "POST", "/v1/embeddings", embeddings_body);
+  expect_matches("embeddings.http", r, pooled_rules());
+  auto data = parse_json(r.body).at("data").as_array();
+  ASSERT_EQ(data.size(), 2u);
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    auto const& v = data[i].at("embedding").as_array();
+    EXPECT_EQ(v.size(), 8u);
+    EXPECT_NEAR(l2(v), 1.0, 1e-6) << "vectors are L2-normalised";
+    EXPECT_EQ(num(data[i].at("index")), static_cast<std::int64_t>(i));
+  }
+  EXPECT_NE(data[0].at("embedding"), data[1].at("embedding"));
+  // Deterministic per input: the same text gives the same vector in any batch.
+  auto alone = parse_json(call(s.port(), "POST", "/v1/embeddings", R"({"input":"The queue is full."})").body);
+  EXPECT_EQ(alone.at("data").at(0).at("embedding"), data[1].at("embedding"));
+  EXPECT_EQ(alone.at("model"), "tiny-llama") << "no model in the request: the alias";
+  EXPECT_EQ(num(alone.at("usage").at("prompt_tokens")), 1 + 5) << "BOS + ceil(18 / 4)";
+  // The default length is 64.
+  fake_server d(fixture_args({"--embeddings"}));
+  auto d64 = parse_json(call(d.port(), "POST", "/v1/embeddings", embeddings_body).body);
+  EXPECT_EQ(d64.at("data").at(0).at("embedding").as_array().size(), 64u);
+}
+
+TEST(FakeLlamaServerEmbeddings, OtherInputShapesEncodingsAndRoutes) {
+  fake_server s(fixture_args({"--embedding", "--embd-dim", "4"}));
+  // Token ids are one prompt; a list of token lists is several.
+  auto ids = parse_json(call(s.port(), "POST", "/v1/embeddings", R"({"input":[5,6,7]})").body);
+  EXPECT_EQ(ids.at("data").as_array().size(), 1u);
+  EXPECT_EQ(num(ids.at("usage").at("prompt_tokens")), 3) << "token lists are sent as they are";
+  auto lists = parse_json(call(s.port(), "POST", "/v1/embeddings", R"({"input":[[5,6],"abc"]})").body);
+  EXPECT_EQ(lists.at("data").as_array().size(), 2u);
+  // base64: the float32 bytes of the same vector.
+  auto b64 = parse_json(
+      call(s.port(), "POST", "/v1/embeddings", R"({"input":"x","encoding_format":"base64"})").body);
+  EXPECT_TRUE(b64.at("data").at(0).at("embedding").is_string());
+  EXPECT_EQ(b64.at("data").at(0).at("embedding").as_string().size(), 24u) << "16 bytes in base64";
+  EXPECT_EQ(b64.at("data").at(0).at("encoding_format"), "base64");
+  // llama-server's own shape on /embeddings and /embedding: [{index, embedding: [[…]]}].
+  for (std::string path : {"/embeddings", "/embedding"}) {
+    auto own = parse_json(call(s.port(), "POST", path, R"({"input":"x"})").body);
+    ASSERT_TRUE(own.is_array()) << path;
+    EXPECT_EQ(own.at(0).at("embedding").as_array().size(), 1u) << path;
+    EXPECT_EQ(own.at(0).at("embedding").at(0).as_array().size(), 4u) << path;
+  }
+  // Errors like llama-server's.
+  auto no_input = call(s.port(), "POST", "/v1/embeddings", R"({"model":"m"})");
+  EXPECT_EQ(no_input.status, 400);
+  EXPECT_EQ(parse_json(no_input.body).at("error").at("message"), "\"input\" or \"content\" must be provided");
+  auto bad_format = call(s.port(), "POST", "/v1/embeddings", R"({"input":"x","encoding_format":"hex"})");
+  EXPECT_EQ(bad_format.status, 400);
+  EXPECT_EQ(call(s.port(), "POST", "/v1/embeddings", R"({"input":[]})").status, 400);
+  EXPECT_EQ(call(s.port(), "POST", "/v1/embeddings", R"({"input":[{"a":1}]})").status, 500);
+  auto broken = call(s.port(), "POST", "/v1/embeddings", "{not json");
+  EXPECT_EQ(broken.status, 500);
+  EXPECT_EQ(parse_json(broken.body).at("error").at("type"), "server_error");
+  // Pooling none is not OpenAI-compatible.
+  fake_server none(fixture_args({"--embedding", "--pooling", "none", "--embd-dim", "4"}));
+  auto refused = call(none.port(), "POST", "/v1/embeddings", R"({"input":"x"})");
+  EXPECT_EQ(refused.status, 400);
+  EXPECT_EQ(parse_json(refused.body).at("error").at("type"), "invalid_request_error");
+  auto rows = parse_json(call(none.port(), "POST", "/embeddings", R"({"input":"abcdefgh"})").body);
+  EXPECT_EQ(rows.at(0).at("embedding").as_array().size(), 3u) << "pooling none: BOS + 2 token rows";
+}
+
+TEST(FakeLlamaServerEmbeddings, WithoutEmbeddingModeBothRoutesAnswer501) {
+  fake_server s(fixture_args());
+  auto r = call(s.port(), "POST", "/v1/embeddings", embeddings_body);
+  expect_matches("embeddings-not-enabled.http", r);
+  EXPECT_EQ(r.body, load_fixture("embeddings-not-enabled.http").body);
+  auto rr = call(s.port(), "POST", "/v1/rerank", rerank_body);
+  EXPECT_EQ(rr.status, 501);
+  EXPECT_EQ(parse_json(rr.body).at("error").at("message"),
+            "This server does not support reranking. Start it with `--reranking`");
+  // Embedding mode alone does not rank (pooling is not rank).
+  fake_server e(fixture_args({"--embedding"}));
+  EXPECT_EQ(call(e.port(), "POST", "/v1/embeddings", embeddings_body).status, 200);
+  EXPECT_EQ(call(e.port(), "POST", "/v1/rerank", rerank_body).status, 501);
+  EXPECT_EQ(num(stats(s.port()).at("embedding_requests")), 0) << "refused requests are not counted";
+}
+
+TEST(FakeLlamaServerEmbeddings, RerankIsBestFirstAndCutToTopN) {
+  fake_server s(fixture_args({"--reranking", "--embd-dim", "8"}));
+  auto r = call(s.port(), "POST", "/v1/rerank", rerank_body);
+  expect_matches("rerank.http", r, pooled_rules());
+  auto results = parse_json(r.body).at("results").as_array();
+  ASSERT_EQ(results.size(), 2u);
+  EXPECT_EQ(num(results[0].at("index")), 2) << "the exact match first";
+  EXPECT_GE(results[0].at("relevance_score").to_number<double>(),
+            results[1].at("relevance_score").to_number<double>());
+  // Without top_n: every document; the aliases answer the same.
+  std::string all = R"({"query":"b","documents":["a","b","c"]})";
+  for (std::string path : {"/v1/rerank", "/rerank", "/v1/reranking", "/reranking"}) {
+    auto a = parse_json(call(s.port(), "POST", path, all).body);
+    ASSERT_EQ(a.at("results").as_array().size(), 3u) << path;
+    EXPECT_EQ(num(a.at("results").at(0).at("index")), 1) << path;
+  }
+  // TEI's request shape: a bare array with `score`.
+  auto tei = parse_json(call(s.port(), "POST", "/rerank", R"({"query":"b","texts":["a","b"]})").body);
+  ASSERT_TRUE(tei.is_array());
+  EXPECT_TRUE(tei.at(0).as_object().contains("score"));
+  // Errors.
+  auto no_query = call(s.port(), "POST", "/v1/rerank", R"({"documents":["a"]})");
+  EXPECT_EQ(no_query.status, 400);
+  EXPECT_EQ(parse_json(no_query.body).at("error").at("message"), "\"query\" must be provided");
+  auto no_docs = call(s.port(), "POST", "/v1/rerank", R"({"query":"a","documents":[]})");
+  EXPECT_EQ(no_docs.status, 400);
+  EXPECT_EQ(parse_json(no_docs.body).at("error").at("message"),
+            "\"documents\" must be a non-empty string array");
+  // A later --pooling overrides --reranking's rank, as in llama-server.
+  fake_server over(fixture_args({"--reranking", "--pooling", "mean"}));
+  EXPECT_EQ(call(over.port(), "POST", "/v1/rerank", rerank_body).status, 501);
+  EXPECT_EQ(call(over.port(), "POST", "/v1/embeddings", embeddings_body).status, 200);
+}
+
+TEST(FakeLlamaServerEmbeddings, CountedAndGuardedLikeInference) {
+  fake_server s(fixture_args({"--reranking", "--api-key", "sekrit"}));
+  std::vector<std::string> key{"Authorization: Bearer sekrit"};
+  EXPECT_EQ(call(s.port(), "POST", "/v1/embeddings", embeddings_body).status, 401);
+  EXPECT_EQ(call(s.port(), "POST", "/v1/rerank", rerank_body).status, 401);
+  EXPECT_EQ(call(s.port(), "POST", "/v1/embeddings", embeddings_body, key).status, 200);
+  EXPECT_EQ(call(s.port(), "POST", "/v1/embeddings", R"({"input":"one"})", key).status, 200);
+  EXPECT_EQ(call(s.port(), "POST", "/v1/rerank", rerank_body, key).status, 200);
+  auto st = stats(s.port());
+  EXPECT_EQ(num(st.at("embedding_requests")), 2);
+  EXPECT_EQ(num(st.at("embedding_inputs")), 3);
+  EXPECT_EQ(num(st.at("rerank_requests")), 1);
+  EXPECT_EQ(num(st.at("rerank_documents")), 3);
+  EXPECT_EQ(num(st.at("inference_requests")), 3);
+  auto const& last = st.at("recent").as_array().back().as_object();
+  EXPECT_EQ(last.at("path"), "/v1/rerank");
+  EXPECT_EQ(last.at("body").at("top_n"), 2);
+  control(s.port(), R"({"reset_stats":true,"load_delay_ms":600000})");
+  EXPECT_EQ(call(s.port(), "POST", "/v1/embeddings", embeddings_body, key).status, 503);
+  control(s.port(), R"({"load_delay_ms":0,"fail_status":500})");
+  EXPECT_EQ(call(s.port(), "POST", "/v1/rerank", rerank_body, key).status, 500);
+  control(s.port(), R"({"fail_status":0,"malformed_json":true})");
+  auto broken = call(s.port(), "POST", "/v1/embeddings", embeddings_body, key);
+  EXPECT_EQ(broken.status, 200);
+  EXPECT_ANY_THROW(parse_json(broken.body));
+  EXPECT_EQ(num(stats(s.port()).at("embedding_requests")), 1);
+}
+
+TEST(FakeLlamaServerEmbeddings, AHeldRequestSeesItsClientLeave) {
+  fake_server s(fixture_args({"--embedding", "--hang-before-first-token"}));
+  {
+    client c(s.port());
+    c.send(request_bytes("POST", "/v1/embeddings", embeddings_body));
+    ASSERT_TRUE(stats_until(s.port(), [](json::object const& st) { return num(st.at("active")) == 1; }));
+  }
+  EXPECT_TRUE(stats_until(s.port(), [](json::object const& st) {
+    return num(st.at("cancelled_embeddings")) == 1 && num(st.at("active")) == 0;
+  })) << json::serialize(stats(s.port()));
+  // Released by the knob, a held request answers.
+  client held(s.port());
+  held.send(request_bytes("POST", "/v1/embeddings", embeddings_body));
+  ASSERT_TRUE(stats_until(s.port(), [](json::object const& st) { return num(st.at("active")) == 1; }));
+  control(s.port(), R"({"hang_before_first_token":false})");
+  auto r = held.read_response(in(10s));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(num(stats(s.port()).at("completed")), 1);
 }
 
 }  // namespace

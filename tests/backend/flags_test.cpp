@@ -1,5 +1,6 @@
 // The llama-server flag builder (src/ray/backend/flags.hpp).
 #include "ray/backend/flags.hpp"
+#include "ray/backend/supervisor.hpp"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -157,6 +158,44 @@ TEST(LlamaServerArgs, ExtraArgsAreAppendedUnchangedAndLast) {
   EXPECT_THAT(std::vector<std::string>(args.end() - 4, args.end()),
               ElementsAre("--jinja", "-fa", "on", "--log-file=/tmp/x y.log"));
   EXPECT_EQ(args.size(), llama_server_args(sub1b_launch()).size() + 4);
+}
+
+TEST(LlamaServerArgs, AnEmbeddingModelGetsEmbeddingAndItsPoolingBeforeTheExtraArgs) {
+  auto p = sub1b_launch();
+  p.extra_args = {"--jinja"};
+  auto chat = llama_server_args(p);
+  auto args = llama_server_args(p, "", config::model_kind::embedding, std::string("cls"));
+  ASSERT_EQ(args.size(), chat.size() + 3);
+  // The chat command line, then --embedding --pooling cls, then the extra args.
+  EXPECT_TRUE(std::equal(chat.begin(), chat.end() - 1, args.begin()));
+  EXPECT_THAT(std::vector<std::string>(args.end() - 4, args.end()),
+              ElementsAre("--embedding", "--pooling", "cls", "--jinja"));
+  // Without a pooling: llama-server takes the GGUF's.
+  auto plain = llama_server_args(p, "", config::model_kind::embedding);
+  EXPECT_TRUE(has(plain, "--embedding"));
+  EXPECT_FALSE(has(plain, "--pooling"));
+  EXPECT_FALSE(has(llama_server_args(p, "", config::model_kind::embedding, std::string()), "--pooling"));
+}
+
+TEST(LlamaServerArgs, ARerankModelGetsRerankingAloneAndAChatModelNeither) {
+  auto p = sub1b_launch();
+  auto args = llama_server_args(p, "", config::model_kind::rerank, std::string("mean"));
+  EXPECT_TRUE(has(args, "--reranking"));
+  EXPECT_FALSE(has(args, "--pooling")) << "a --pooling after --reranking would undo its rank pooling";
+  EXPECT_FALSE(has(args, "--embedding"));
+  EXPECT_EQ(args.size(), llama_server_args(p).size() + 1);
+  auto chat = llama_server_args(p, "", config::model_kind::chat, std::string("mean"));
+  EXPECT_EQ(chat, llama_server_args(p)) << "chat is the default and ignores pooling";
+  for (auto const& f : {"--embedding", "--reranking", "--pooling"})
+    EXPECT_FALSE(has(chat, f)) << f;
+}
+
+TEST(LlamaServerArgs, TheSupervisorPassesTheKindThrough) {
+  auto p = sub1b_launch();
+  auto o =
+      supervisor_options_for(p, "/m/e.gguf", "/bin/true", config::model_kind::embedding, std::string("mean"));
+  EXPECT_EQ(o.args, llama_server_args(p, "/m/e.gguf", config::model_kind::embedding, std::string("mean")));
+  EXPECT_EQ(supervisor_options_for(p).args, llama_server_args(p));
 }
 
 TEST(ShellQuote, PlainWordsStayUnquoted) {

@@ -112,11 +112,14 @@ struct gateway {
       .service = "ray-fuzz", .min_level = ray::telemetry::level::error, .synchronous = true}};
   asio::io_context ioc{1};
   ray::telemetry::registry metrics;
-  std::unique_ptr<ray::backend::backend> backend = ray::backend::make_mock(ioc.get_executor(), loaded.cfg);
   // No pressure sampler: it would read this machine's /proc and cgroup files, and the RSS of a sanitized
   // process would trip memory degradation at random.
-  ray::runtime::runtime rt{ioc.get_executor(), loaded.cfg, *backend, metrics, log, nullptr};
-  ray::api::app app{loaded, log, metrics, *backend, rt};
+  ray::runtime::registry models{ioc.get_executor(), loaded.cfg,
+                                [this](ray::config::config const& c) {
+                                  return ray::backend::make_mock(ioc.get_executor(), c);
+                                },
+                                metrics, log, nullptr};
+  ray::api::app app{loaded, log, metrics, models.primary_backend(), models.primary(), models};
   std::optional<ray::api::router> router;
   std::optional<ray::http::server> server;
   tcp::endpoint endpoint;
@@ -139,11 +142,11 @@ struct gateway {
     if (!ep) fail("cannot listen on 127.0.0.1");
     endpoint = *ep;
     server->start();
-    backend->start();
+    models.start();
   }
 
   bool idle() const {
-    auto const st = rt.stats();
+    auto const st = app.rt.stats();
     return server->stats().connections.load() == 0 && server->stats().active_requests.load() == 0 &&
            st.in_flight == 0 && st.queue_depth == 0;
   }

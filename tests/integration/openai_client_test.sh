@@ -30,9 +30,12 @@ harness_start_ray ray "$(harness_gateway_config)" "$DOUBLE_PORT"
 RAY="http://127.0.0.1:$RAY_PORT"
 harness_start_ray ray-queue "$(harness_queue_config)" "$DOUBLE_PORT"
 RAY_QUEUE="http://127.0.0.1:$RAY_PORT"
+harness_start_ray_mock ray-embed "$(harness_embed_config)"
+RAY_EMBED="http://127.0.0.1:$RAY_PORT"
 harness_wait_ready "$RAY" 20
 harness_wait_ready "$RAY_QUEUE" 20
+harness_wait_ready "$RAY_EMBED" 20
 
 cd "$HARNESS_NODE_DIR"
-RAY_URL="$RAY" RAY_QUEUE_URL="$RAY_QUEUE" DOUBLE_URL="$DOUBLE" GEN_TPS="$GEN_TPS" CTX_PER_REQUEST=1024 \
+RAY_URL="$RAY" RAY_QUEUE_URL="$RAY_QUEUE" RAY_EMBED_URL="$RAY_EMBED" DOUBLE_URL="$DOUBLE" GEN_TPS="$GEN_TPS" CTX_PER_REQUEST=1024 \
   node --test --test-reporter=spec openai_client.test.mjs

@@ -151,6 +151,24 @@ harness_start_ray() {
   harness_log "$name: ray on 127.0.0.1:$RAY_PORT"
 }
 
+# harness_start_ray_mock NAME CONFIG_JSON: `ray serve` on port 0 with the config's own (mock) adapter, no
+# backend URL, host pressure from an empty tree. Sets RAY_PORT.
+harness_start_ray_mock() {
+  local name=$1 config=$2
+  local dir="$HARNESS_DIR/$name"
+  mkdir -p "$dir/system-root"
+  printf '%s\n' "$config" >"$dir/ray.json"
+  (cd "$dir" && exec "$RAY_BINARY" serve --config "$dir/ray.json" --port 0 --system-root "$dir/system-root") \
+    >"$HARNESS_DIR/$name.out" 2>"$HARNESS_DIR/$name.log" </dev/null &
+  HARNESS_LAST_PID=$!
+  HARNESS_PIDS+=("$HARNESS_LAST_PID")
+  local line
+  line=$(harness_wait_match "$HARNESS_DIR/$name.out" '"message":"gateway listening"' 10 "$HARNESS_LAST_PID")
+  RAY_PORT=$(printf '%s\n' "$line" | grep -o '"port":[0-9]*' | head -n1 | cut -d: -f2)
+  [[ -n "$RAY_PORT" ]] || harness_fail "$name: no port in the listening line: $line"
+  harness_log "$name: ray (mock adapter) on 127.0.0.1:$RAY_PORT"
+}
+
 # harness_wait_ready URL SECONDS: polls URL/readyz until 200.
 harness_wait_ready() {
   local url=$1 within=$2
@@ -183,5 +201,12 @@ EOF
 harness_queue_config() {
   cat <<'EOF'
 {"profile":"sub1b","model":{"id":"tiny-llama","adapter":{"kind":"llama.cpp","healthIntervalMs":100,"launchProfile":null}},"rateLimit":{"enabled":false},"scheduler":{"concurrency":1,"maxQueue":2,"affinityLookahead":2},"gracefulDegradation":{"enabled":false,"queueDepthThreshold":1}}
+EOF
+}
+
+# EMBED: an embedding model on the mock adapter (64-dimension unit vectors), for embeddings.create.
+harness_embed_config() {
+  cat <<'EOF'
+{"profile":"tiny","model":{"id":"embedder","kind":"embedding","adapter":{"kind":"mock","latencyMs":0}},"rateLimit":{"enabled":false}}
 EOF
 }

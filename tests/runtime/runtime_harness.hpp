@@ -77,6 +77,56 @@ class test_backend final : public rb::backend {
     hold = false;
     for (auto& c : calls)
       c->release();
+    for (auto& c : aux_calls)
+      c->release();
+  }
+
+  // ---- embed() and rerank(): gated like generate() (hold/open/release), `next` = answer or fail.
+  struct aux_call : call {
+    using call::call;
+    rb::embedding_request embed;
+    rb::rerank_request rerank;
+    bool is_rerank{false};
+  };
+  std::vector<std::shared_ptr<aux_call>> aux_calls;
+  std::uint32_t dims{4};
+  std::size_t drop_vectors{0};  // answers this many vectors fewer than asked (a broken backend)
+  // The double's vector of a text (what a test expects back): {length, first byte, last byte, 1, 0…}.
+  static std::vector<float> vector_of(std::string const& text, std::uint32_t dims = 4) {
+    std::vector<float> v(dims, 0.0f);
+    float const parts[] = {static_cast<float>(text.size()),
+                           text.empty() ? 0.0f : static_cast<float>(static_cast<unsigned char>(text.front())),
+                           text.empty() ? 0.0f : static_cast<float>(static_cast<unsigned char>(text.back())),
+                           1.0f};
+    for (std::size_t i = 0; i < v.size() && i < std::size(parts); ++i)
+      v[i] = parts[i];
+    return v;
+  }
+  // Rerank score: the number of bytes of the query found in the document (deterministic, testable order).
+  static double score_of(std::string const& query, std::string const& doc) {
+    double s = 0;
+    for (char c : query)
+      s += doc.find(c) != std::string::npos ? 1 : 0;
+    return s;
+  }
+  asio::awaitable<ray::result<rb::embedding_result>> embed(rb::embedding_request req) override {
+    auto c = std::make_shared<aux_call>(ex_);
+    c->embed = std::move(req);
+    aux_calls.push_back(c);
+    return run_embed(c, next, hold, dims, drop_vectors);
+  }
+  asio::awaitable<ray::result<rb::rerank_result>> rerank(rb::rerank_request req) override {
+    auto c = std::make_shared<aux_call>(ex_);
+    c->rerank = std::move(req);
+    c->is_rerank = true;
+    aux_calls.push_back(c);
+    return run_rerank(c, next, hold);
+  }
+  std::vector<std::shared_ptr<aux_call>> embed_calls() const {
+    std::vector<std::shared_ptr<aux_call>> out;
+    for (auto const& c : aux_calls)
+      if (!c->is_rerank) out.push_back(c);
+    return out;
   }
 
   rb::state current_state() const noexcept override { return rb::state::ready; }
@@ -132,6 +182,47 @@ class test_backend final : public rb::backend {
       emit("out:" + (c->req.messages.empty() ? c->req.prompt : c->req.messages.back().content));
     out.prompt_tokens = 7;
     out.completion_tokens = static_cast<std::uint32_t>(pre.size() + post.size());
+    c->finished = true;
+    co_return out;
+  }
+
+  // Waits for the gate (or the cancellation); false when cancelled.
+  // `c` is kept alive by the caller's shared_ptr.
+  static asio::awaitable<bool> wait_gate(call& c, bool hold) {
+    co_await asio::this_coro::throw_if_cancelled(false);
+    auto cs = co_await asio::this_coro::cancellation_state;
+    while (hold && !c.released) {
+      if (cs.cancelled() != asio::cancellation_type::none) {
+        c.cancelled = true;
+        co_return false;
+      }
+      co_await c.gate.async_wait(use_tuple);
+    }
+    co_return true;
+  }
+  static asio::awaitable<ray::result<rb::embedding_result>> run_embed(std::shared_ptr<aux_call> c, mode m,
+                                                                      bool hold, std::uint32_t dims,
+                                                                      std::size_t drop) {
+    if (m == mode::fail) co_return ray::error{errc::provider_upstream_error, "upstream refused"};
+    if (!co_await wait_gate(*c, hold)) co_return ray::error{errc::provider_request_failed, "embed cancelled"};
+    rb::embedding_result out;
+    for (auto const& in : c->embed.inputs)
+      out.vectors.push_back(vector_of(in, dims));
+    out.vectors.resize(out.vectors.size() - std::min(drop, out.vectors.size()));
+    out.prompt_tokens = static_cast<std::uint32_t>(10 * c->embed.inputs.size());
+    c->finished = true;
+    co_return out;
+  }
+  static asio::awaitable<ray::result<rb::rerank_result>> run_rerank(std::shared_ptr<aux_call> c, mode m,
+                                                                    bool hold) {
+    if (m == mode::fail) co_return ray::error{errc::provider_upstream_error, "upstream refused"};
+    if (!co_await wait_gate(*c, hold))
+      co_return ray::error{errc::provider_request_failed, "rerank cancelled"};
+    rb::rerank_result out;
+    auto const& docs = c->rerank.documents;
+    for (std::size_t i = 0; i < docs.size(); ++i)  // in document order: the runtime sorts
+      out.results.push_back({static_cast<std::uint32_t>(i), score_of(c->rerank.query, docs[i])});
+    out.prompt_tokens = 3;
     c->finished = true;
     co_return out;
   }

@@ -5,8 +5,10 @@
 #include "ray/api/api.hpp"
 #include "ray/backend/backend.hpp"
 #include "ray/jobs/jobs.hpp"
+#include "ray/runtime/registry.hpp"
 #include "ray/telemetry/telemetry.hpp"
 
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <atomic>
@@ -32,6 +34,8 @@ enum class route_id : std::uint8_t {
   jobs,
   job,
   embeddings,
+  embed,   // native POST /v1/embed
+  rerank,  // POST /v1/rerank (llama-server's shape)
   models,
   model,
   chat,
@@ -66,7 +70,8 @@ struct app {
   telemetry::logger& log;
   telemetry::registry& metrics;
   backend::backend& backend;
-  runtime::runtime& rt;
+  runtime::runtime& rt;         // the first chat model's serving core (models.primary())
+  runtime::registry& models;    // every model: routing by name and kind, residency
   http::server* server{nullptr};
   backend::supervisor* supervisor{nullptr};  // when Ray runs llama-server itself
   jobs::store* job_store{nullptr};           // asyncQueue.enabled and the store opened
@@ -88,9 +93,30 @@ struct app {
 bool prefers_html(std::string_view accept) noexcept;
 http::response status_page();
 
-// Runs `work` unless the client leaves first (then nullopt: `work` was cancelled with it).
-boost::asio::awaitable<std::optional<result<runtime::infer_result>>> unless_client_leaves(
-    http::exchange& ex, boost::asio::awaitable<result<runtime::infer_result>> work);
+// Runs `work` unless the client leaves first (then nullopt: `work` was cancelled with it). client_gone() goes
+// first: it must be waiting before `work` can complete inline (see runtime/flight.cpp on parallel_group), or
+// its cancellation would be lost and the request would hang until the client left.
+template <class T>
+boost::asio::awaitable<std::optional<T>> unless_client_leaves(http::exchange& ex,
+                                                              boost::asio::awaitable<T> work) {
+  using namespace boost::asio::experimental::awaitable_operators;
+  auto outcome = co_await (ex.client_gone() || std::move(work));
+  if (outcome.index() == 0) co_return std::nullopt;
+  co_return std::move(std::get<1>(outcome));
+}
+
+// Runs an OpenAI chat/completion, or a native inference, on the chat model `model` names (registry
+// acquire: id or alias, lenient or openai.strictModelNames, loading it when it must), the model held busy
+// until the answer; the wait for a load is bounded by scheduler.queueTimeoutMs (default requestTimeoutMs).
+boost::asio::awaitable<result<runtime::infer_result>> chat_on_model(app& a, std::string model,
+                                                                    runtime::chat_request call,
+                                                                    runtime::stream_listener* listener = nullptr);
+boost::asio::awaitable<result<runtime::infer_result>> infer_on_model(app& a, std::string model,
+                                                                     runtime::infer_request req);
+
+// One model as /v1/models and /health.models[] show it: OpenAI's fields (id, object, created, owned_by),
+// then Ray's (models.md "Visibility": kind, state, pinned, memoryMiB, lastLoadMs, loadCount, meta).
+boost::json::object model_object(runtime::model_view const& v, std::int64_t created);
 
 class router final : public http::handler {
  public:
@@ -110,6 +136,8 @@ class router final : public http::handler {
   boost::asio::awaitable<void> handle_openai(http::exchange& ex, bool completion);
   // POST /v1/responses, translated to one chat completion (responses_routes.cpp).
   boost::asio::awaitable<void> handle_responses(http::exchange& ex);
+  // POST /v1/embeddings, /v1/embed and /v1/rerank through the model registry (embeddings_routes.cpp).
+  boost::asio::awaitable<void> handle_embeddings(http::exchange& ex, route_id id);
   // /v1/jobs and /v1/jobs/{id} (jobs_routes.cpp).
   boost::asio::awaitable<void> handle_jobs(http::exchange& ex);
   boost::asio::awaitable<http::response> submit_job(http::exchange& ex, std::optional<errc>& failed);
@@ -119,7 +147,8 @@ class router final : public http::handler {
   std::string caller_of(http::request const& req) const;
   void log_unknown_fields(std::vector<std::string> const& fields, std::string_view route) const;
   // Streams an admitted OpenAI request as server-sent events; returns the status it answered for the log.
-  boost::asio::awaitable<unsigned> stream_openai(http::exchange& ex, runtime::chat_request call,
+  // `model` is the name the request gave (chat_on_model chooses by it).
+  boost::asio::awaitable<unsigned> stream_openai(http::exchange& ex, std::string model, runtime::chat_request call,
                                                  sse_format& format, std::string_view& error_code);
   http::response json_response(http::status st, std::string body) const;
   http::response readyz() const;

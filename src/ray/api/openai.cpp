@@ -580,24 +580,33 @@ std::string canonical_messages(std::vector<message> const& messages) {
 }
 
 bool is_configured_model(std::string const& requested, config::config const& cfg) {
-  auto const& aliases = cfg.model.aliases;
-  return requested == cfg.model.id || std::find(aliases.begin(), aliases.end(), requested) != aliases.end();
+  auto names = [&](config::model_config const& m) {
+    return requested == m.id || std::find(m.aliases.begin(), m.aliases.end(), requested) != m.aliases.end();
+  };
+  return names(cfg.model) ||
+         std::any_of(cfg.more_models.begin(), cfg.more_models.end(), [&](auto const& m) { return names(m); });
 }
 
 result<std::string> resolve_model(std::string const& requested, config::config const& cfg) {
   auto const& model = cfg.model;
   if (!cfg.openai.strict_model_names || is_configured_model(requested, cfg)) return model.id;
-  std::string valid = model.id;
-  for (auto const& alias : model.aliases)
-    valid += ", " + alias;
+  std::string valid;
+  json::array ids;
+  auto list = [&](config::model_config const& m) {
+    valid += (valid.empty() ? "" : ", ") + m.id;
+    ids.emplace_back(m.id);
+    for (auto const& alias : m.aliases) {
+      valid += ", " + alias;
+      ids.emplace_back(alias);
+    }
+  };
+  list(model);
+  for (auto const& m : cfg.more_models)
+    list(m);
   ray::error err{errc::model_not_found,
                  requested.empty() ? "model: is required; valid ids: " + valid
                                    : "The model '" + requested + "' does not exist; valid ids: " + valid};
   err.param = "model";
-  json::array ids;
-  ids.emplace_back(model.id);
-  for (auto const& alias : model.aliases)
-    ids.emplace_back(alias);
   err.details["validIds"] = std::move(ids);
   return err;
 }

@@ -240,15 +240,16 @@ boost::asio::awaitable<void> router::handle_openai(http::exchange& ex, bool comp
 
   if (!bad && stream) {
     chat_stream_format format(openai::object_id(completion ? "cmpl-" : "chatcmpl-", ex.request_id()),
-                              cfg.model.id, completion, include_usage);
-    unsigned status = co_await stream_openai(ex, std::move(call), format, error_code);
+                              app_.models.served_id(requested_model, config::model_kind::chat), completion,
+                              include_usage);
+    unsigned status = co_await stream_openai(ex, requested_model, std::move(call), format, error_code);
     record(route, status, ex.received_at(), ex.request_id(), error_code);
     co_return;
   }
   if (bad) {
     refuse(*bad);
   } else {
-    held = co_await unless_client_leaves(ex, app_.rt.chat(std::move(call)));
+    held = co_await unless_client_leaves(ex, chat_on_model(app_, requested_model, std::move(call)));
     if (!held) {
       ex.close_after_response();
       record(route, 499, ex.received_at(), ex.request_id(), "client_closed_request");
@@ -278,7 +279,7 @@ boost::asio::awaitable<void> router::handle_openai(http::exchange& ex, bool comp
       boost::json::object o{{"id", openai::object_id(completion ? "cmpl-" : "chatcmpl-", ex.request_id())},
                             {"object", completion ? "text_completion" : "chat.completion"},
                             {"created", created.count()},
-                            {"model", cfg.model.id},
+                            {"model", r->model},
                             {"choices", boost::json::array{std::move(choice)}},
                             {"usage", chat_usage(*r)}};
       res = json_response(http::status::ok, telemetry::to_json(o));
@@ -346,13 +347,13 @@ struct stream_state final : runtime::stream_listener {
 };
 
 // Runs the generation of a stream; always ends with `done` set and an outcome, whatever happens inside.
-boost::asio::awaitable<void> generate_stream(runtime::runtime& rt, runtime::chat_request call,
+boost::asio::awaitable<void> generate_stream(app& a, std::string model, runtime::chat_request call,
                                              std::shared_ptr<stream_state> st) {
   try {
     if (st->stop.stop_requested()) {
       st->outcome = ray::error{errc::provider_request_failed, "the client left"};
     } else {
-      auto out = co_await (st->stop.wait() || rt.chat(std::move(call), st.get()));
+      auto out = co_await (st->stop.wait() || chat_on_model(a, std::move(model), std::move(call), st.get()));
       if (out.index() == 0)
         st->outcome = ray::error{errc::provider_request_failed, "the client left"};
       else
@@ -367,8 +368,9 @@ boost::asio::awaitable<void> generate_stream(runtime::runtime& rt, runtime::chat
 
 }  // namespace
 
-boost::asio::awaitable<unsigned> router::stream_openai(http::exchange& ex, runtime::chat_request call,
-                                                       sse_format& format, std::string_view& error_code) {
+boost::asio::awaitable<unsigned> router::stream_openai(http::exchange& ex, std::string model,
+                                                       runtime::chat_request call, sse_format& format,
+                                                       std::string_view& error_code) {
   namespace asio = boost::asio;
   using namespace boost::asio::experimental::awaitable_operators;
   auto const& cfg = app_.cfg();
@@ -377,7 +379,8 @@ boost::asio::awaitable<unsigned> router::stream_openai(http::exchange& ex, runti
   // destroys pending work before it).
   auto const st = std::make_shared<stream_state>(ex_exec, cfg.server.stream_buffer_bytes);
   auto& buf = *st;
-  asio::co_spawn(ex_exec, generate_stream(app_.rt, std::move(call), st), [](std::exception_ptr) {});
+  asio::co_spawn(ex_exec, generate_stream(app_, std::move(model), std::move(call), st),
+                 [](std::exception_ptr) {});
   // Whatever way this writer ends (an exception included), the generation leaves the flight.
   struct leave_on_exit {
     stream_state& s;

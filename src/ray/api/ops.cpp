@@ -55,6 +55,13 @@ http::response router::readyz() const {
                                                          {"rateLimit", false},
                                                          {"gatewayHttp", http_pressure}}},
                         {"reasons", std::move(reasons)}};
+  // Readiness follows the first chat model; each model's residency state is listed.
+  boost::json::array models;
+  for (auto const& v : app_.models.views())
+    models.push_back(boost::json::object{{"id", v.id},
+                                         {"kind", config::model_kind_name(v.kind)},
+                                         {"state", runtime::model_state_name(v.state)}});
+  o["models"] = std::move(models);
   return json_response(ready ? http::status::ok : http::status::service_unavailable, telemetry::to_json(o));
 }
 
@@ -184,6 +191,21 @@ http::response router::health() const {
     o["asyncQueue"] = std::move(aq);
   } else {
     o["asyncQueue"] = boost::json::object{{"enabled", false}};
+  }
+  {
+    auto const created = std::chrono::duration_cast<std::chrono::seconds>(
+        (std::chrono::system_clock::now() - (std::chrono::steady_clock::now() - app_.started)).time_since_epoch());
+    boost::json::array models;
+    for (auto const& v : app_.models.views()) {
+      auto m = model_object(v, created.count());
+      m["providerStatus"] = backend::state_name(v.provider);
+      m["inFlight"] = v.in_flight;
+      m["queueDepth"] = v.queued;
+      m["requests"] = v.requests;
+      if (v.idle_unload_ms > 0) m["idleUnloadMs"] = v.idle_unload_ms;
+      models.push_back(std::move(m));
+    }
+    o["models"] = std::move(models);
   }
   return json_response(down ? http::status::service_unavailable : http::status::ok, telemetry::to_json(o));
 }

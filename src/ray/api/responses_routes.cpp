@@ -184,6 +184,7 @@ boost::asio::awaitable<void> router::handle_responses(http::exchange& ex) {
   if (cfg.cache.scope == config::cache_scope::key) call.caller = caller_of(ex.req());
   bool stream = false;
   std::optional<response_echo> echo;
+  std::string requested_model;
   auto d = openai::decode_responses(ex.req().body());
   if (!d) {
     bad = d.error();
@@ -194,7 +195,8 @@ boost::asio::awaitable<void> router::handle_responses(http::exchange& ex) {
     if (!model) {
       bad = model.error();
     } else {
-      echo = make_echo(*d, ex.request_id(), cfg.model.id);
+      requested_model = d->chat.model;
+      echo = make_echo(*d, ex.request_id(), app_.models.served_id(requested_model, config::model_kind::chat));
       to_runtime_call(d->chat, call, iequals(trim(ex.req()["x-ray-cache"]), "on"));
       if (!call.extra.empty()) call.extra_key = telemetry::to_json(call.extra);
     }
@@ -202,7 +204,7 @@ boost::asio::awaitable<void> router::handle_responses(http::exchange& ex) {
 
   if (!bad && stream) {
     responses_stream_format format(std::move(*echo));
-    unsigned status = co_await stream_openai(ex, std::move(call), format, error_code);
+    unsigned status = co_await stream_openai(ex, requested_model, std::move(call), format, error_code);
     record(route, status, ex.received_at(), ex.request_id(), error_code);
     co_return;
   }
@@ -215,7 +217,7 @@ boost::asio::awaitable<void> router::handle_responses(http::exchange& ex) {
   if (bad) {
     refuse(*bad);
   } else {
-    held = co_await unless_client_leaves(ex, app_.rt.chat(std::move(call)));
+    held = co_await unless_client_leaves(ex, chat_on_model(app_, requested_model, std::move(call)));
     if (!held) {
       ex.close_after_response();
       record(route, 499, ex.received_at(), ex.request_id(), "client_closed_request");

@@ -43,6 +43,8 @@ bool method_allowed(route_id id, http::verb m) noexcept {
     case route_id::completions:
     case route_id::responses:
     case route_id::embeddings:
+    case route_id::embed:
+    case route_id::rerank:
       return m == v::post;
     case route_id::jobs:
       return m == v::get || m == v::head || m == v::post;
@@ -56,14 +58,54 @@ bool method_allowed(route_id id, http::verb m) noexcept {
 
 }  // namespace
 
-// Runs `work` unless the client leaves first (then nullopt: `work` was cancelled with it). client_gone() goes
-// first: it must be waiting before `work` can complete inline (see runtime.cpp on parallel_group), or its
-// cancellation would be lost and the request would hang until the client left.
-boost::asio::awaitable<std::optional<result<runtime::infer_result>>> unless_client_leaves(
-    http::exchange& ex, boost::asio::awaitable<result<runtime::infer_result>> work) {
-  auto outcome = co_await (ex.client_gone() || std::move(work));
-  if (outcome.index() == 0) co_return std::nullopt;
-  co_return std::move(std::get<1>(outcome));
+namespace {
+// How long a request may wait for its model to be loaded: scheduler.queueTimeoutMs (default
+// requestTimeoutMs), as for a place in the queue.
+ray::clock::time_point wait_deadline(app const& a) {
+  auto const& s = a.cfg().scheduler;
+  return ray::system_clock().now() + std::chrono::milliseconds(s.queue_timeout_ms.value_or(s.request_timeout_ms));
+}
+}  // namespace
+
+boost::json::object model_object(runtime::model_view const& v, std::int64_t created) {
+  boost::json::object memory;
+  if (v.estimated_mib) memory["estimated"] = std::round(*v.estimated_mib * 10) / 10;
+  if (v.rss_mib) memory["rss"] = std::round(*v.rss_mib * 10) / 10;
+  boost::json::object o{{"id", v.id},
+                        {"object", "model"},
+                        {"created", created},
+                        {"owned_by", "ray"},
+                        {"kind", config::model_kind_name(v.kind)},
+                        {"state", runtime::model_state_name(v.state)},
+                        {"pinned", v.pinned},
+                        {"memoryMiB", std::move(memory)},
+                        {"loadCount", v.load_count},
+                        {"meta", boost::json::object{{"context_window", v.context_window},
+                                                     {"quantization", v.quantization},
+                                                     {"backend", config::adapter_kind_name(v.adapter)}}}};
+  if (v.last_load_ms) {
+    o["lastLoadMs"] = std::round(*v.last_load_ms);
+    if (v.load_ms_estimated) o["lastLoadMsEstimated"] = true;
+  }
+  return o;
+}
+
+
+boost::asio::awaitable<result<runtime::infer_result>> chat_on_model(app& a, std::string model,
+                                                                    runtime::chat_request call,
+                                                                    runtime::stream_listener* listener) {
+  auto lease =
+      co_await a.models.acquire(model, config::model_kind::chat, a.cfg().openai.strict_model_names, wait_deadline(a));
+  if (!lease) co_return lease.error();
+  co_return co_await lease->core().chat(std::move(call), listener);
+}
+
+boost::asio::awaitable<result<runtime::infer_result>> infer_on_model(app& a, std::string model,
+                                                                     runtime::infer_request req) {
+  // Native requests are lenient about the name (a TypeScript-era client may send any).
+  auto lease = co_await a.models.acquire(model, config::model_kind::chat, false, wait_deadline(a));
+  if (!lease) co_return lease.error();
+  co_return co_await lease->core().infer(std::move(req));
 }
 
 route_info match_route(std::string_view path) noexcept {
@@ -79,6 +121,9 @@ route_info match_route(std::string_view path) noexcept {
     return {route_id::job, "/v1/jobs/{id}", "GET, HEAD, DELETE, OPTIONS"};
   if (path == "/v1/embeddings" || path == "/embeddings")
     return {route_id::embeddings, "/v1/embeddings", "POST, OPTIONS", true};
+  if (path == "/v1/embed") return {route_id::embed, "/v1/embed", "POST, OPTIONS"};
+  if (path == "/v1/rerank" || path == "/rerank")
+    return {route_id::rerank, "/v1/rerank", "POST, OPTIONS", true};
   if (path == "/v1/models" || path == "/models") return {route_id::models, "/v1/models", get_head, true};
   if (path == "/v1/chat/completions" || path == "/chat/completions")
     return {route_id::chat, "/v1/chat/completions", "POST, OPTIONS", true};
@@ -137,7 +182,8 @@ std::optional<ray::error> router::check_headers(http::request_header const& head
   }
 
   bool const work = route.id == route_id::infer || route.id == route_id::jobs || route.id == route_id::job ||
-                    route.id == route_id::embeddings || route.id == route_id::chat ||
+                    route.id == route_id::embeddings || route.id == route_id::embed ||
+                    route.id == route_id::rerank || route.id == route_id::chat ||
                     route.id == route_id::completions || route.id == route_id::responses;
   if (work && acc.rate.enabled && acc.limiter) {
     // The last 8 X-Forwarded-For lines, in order: our own proxies append at the right end (client_ip trusts
@@ -337,47 +383,44 @@ boost::asio::awaitable<void> router::handle(http::exchange& ex) {
         co_return;
       case route_id::models:
       case route_id::model: {
-        auto const& cfg = app_.cfg();
-        auto entry = [&] {
-          auto created = std::chrono::duration_cast<std::chrono::seconds>(
-              (std::chrono::system_clock::now() - (std::chrono::steady_clock::now() - app_.started))
-                  .time_since_epoch());
-          return boost::json::object{
-              {"id", cfg.model.id},
-              {"object", "model"},
-              {"created", created.count()},
-              {"owned_by", "ray"},
-              {"meta", boost::json::object{{"context_window", app_.rt.context_window()},
-                                           {"quantization", cfg.model.quantization},
-                                           {"backend", config::adapter_kind_name(cfg.model.adapter.kind)}}}};
-        };
+        auto const created = std::chrono::duration_cast<std::chrono::seconds>(
+            (std::chrono::system_clock::now() - (std::chrono::steady_clock::now() - app_.started))
+                .time_since_epoch());
+        auto const views = app_.models.views();
         if (route.id == route_id::models) {
-          boost::json::object o{{"object", "list"}, {"data", boost::json::array{entry()}}};
+          boost::json::array data;
+          for (auto const& v : views)
+            data.push_back(model_object(v, created.count()));
+          boost::json::object o{{"object", "list"}, {"data", std::move(data)}};
           res = json_response(http::status::ok, telemetry::to_json(o));
           break;
         }
         auto const id = ex.path().substr(ex.path().rfind('/') + 1);
-        bool known = id == cfg.model.id;
-        for (auto const& a : cfg.model.aliases)
-          known = known || id == a;
-        if (known) {
-          res = json_response(http::status::ok, telemetry::to_json(entry()));
+        auto const* found = static_cast<runtime::model_view const*>(nullptr);
+        std::string served;
+        for (auto const& v : views) {
+          served += (served.empty() ? "'" : ", '") + v.id + "'";
+          bool known = id == v.id;
+          for (auto const& a : v.aliases)
+            known = known || id == a;
+          if (known && !found) found = &v;
+        }
+        if (found) {
+          res = json_response(http::status::ok, telemetry::to_json(model_object(*found, created.count())));
         } else {
-          ray::error err{errc::model_not_found, "The model '" + std::string(id) +
-                                                    "' does not exist; this server serves '" + cfg.model.id +
-                                                    "'"};
+          ray::error err{errc::model_not_found,
+                         "The model '" + std::string(id) + "' does not exist; this server serves " + served};
           err.param = "model";
           error_code = code_name(err.code);
           res = api::error_response(err, envelope::openai);
         }
         break;
       }
-      case route_id::embeddings: {
-        ray::error err{errc::not_implemented, "embeddings are not implemented by Ray yet"};
-        error_code = code_name(err.code);
-        res = api::error_response(err, envelope::openai);
-        break;
-      }
+      case route_id::embeddings:
+      case route_id::embed:
+      case route_id::rerank:
+        co_await handle_embeddings(ex, route.id);
+        co_return;
       case route_id::none: {
         ray::error err{errc::not_found, "no route for " + std::string(ex.path())};
         error_code = code_name(err.code);
@@ -409,7 +452,7 @@ boost::asio::awaitable<void> router::handle_infer(http::exchange& ex) {
     // cache.scope = key.
     if (decoded->dedupe_key || app_.cfg().cache.scope == config::cache_scope::key)
       decoded->caller = caller_of(ex.req());
-    held = co_await unless_client_leaves(ex, app_.rt.infer(std::move(*decoded)));
+    held = co_await unless_client_leaves(ex, infer_on_model(app_, "", std::move(*decoded)));
     if (!held) {
       // The client left: the backend call was cancelled with it; nobody is there to answer.
       ex.close_after_response();

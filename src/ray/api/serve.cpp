@@ -236,15 +236,13 @@ boost::asio::awaitable<void> shutdown_sequence(app& a, http::server& srv, boost:
   }
   auto left = srv.stats().active_requests.load();
   srv.stop();
-  a.backend.stop();
-  if (a.supervisor) {
-    // SIGTERM to llama-server's process group, SIGKILL after the supervisor's grace; wait for it.
-    bool stopped = false;
-    a.supervisor->stop([&stopped] { stopped = true; });
-    while (!stopped) {
-      t.expires_after(std::chrono::milliseconds(20));
-      co_await t.async_wait(use_tuple);
-    }
+  // Every model's backend stops; supervised llama-servers get SIGTERM to their process group, SIGKILL after
+  // the supervisor's grace; wait for them.
+  bool stopped = false;
+  a.models.stop([&stopped] { stopped = true; });
+  while (!stopped) {
+    t.expires_after(std::chrono::milliseconds(20));
+    co_await t.async_wait(use_tuple);
   }
   a.log.info("shutdown complete", {{"cancelledRequests", left}});
   t.expires_after(std::chrono::milliseconds(5));
@@ -467,32 +465,32 @@ int serve(config::loaded_config loaded, serve_options opts) {
 
   io_context ioc(static_cast<int>(cfg.server.threads));
   telemetry::registry metrics;
-  auto be = cfg.model.adapter.kind == config::adapter_kind::mock
-                ? backend::make_mock(ioc.get_executor(), cfg)
-                : backend::make_remote(ioc.get_executor(), cfg, log);
   auto sampler_opts = system::sampler::options_for(cfg.graceful_degradation);
   sampler_opts.root = opts.system_root;
   system::sampler sampler(sampler_opts);
-  runtime::runtime rt(ioc.get_executor(), cfg, *be, metrics, log, &sampler);
+  // Every model gets its backend and serving core; supervised llama-servers are loaded and unloaded by the
+  // registry within residency.memoryBudgetMiB (the supervisor owns the process, the adapter the HTTP view).
+  runtime::registry models(
+      ioc.get_executor(), cfg,
+      [&ioc, &log](config::config const& per_model) {
+        return per_model.model.adapter.kind == config::adapter_kind::mock
+                   ? backend::make_mock(ioc.get_executor(), per_model)
+                   : backend::make_remote(ioc.get_executor(), per_model, log);
+      },
+      metrics, log, &sampler);
+  if (auto why = models.refusal()) {
+    log.error("cannot start", {{"reason", *why}, {"setting", "residency.memoryBudgetMiB"}});
+    log.flush();
+    std::fprintf(stderr, "ray: %s\n", why->c_str());
+    return 1;
+  }
+  auto* be = &models.primary_backend();
+  auto& rt = models.primary();
   telemetry::metrics_cache backend_metrics;
   metrics.add_text_source([&backend_metrics](std::string& out) { backend_metrics.append_to(out); });
   be->set_metrics_cache(&backend_metrics);
-
-  // A supervised llama-server (--model-path / launchProfile.supervise): the supervisor owns the process, the
-  // adapter owns the HTTP view; they meet through set_process_state / on_answering.
-  std::unique_ptr<backend::supervisor> sup;
-  if (cfg.model.adapter.kind == config::adapter_kind::llama_cpp && cfg.model.adapter.launch &&
-      cfg.model.adapter.launch->supervise) {
-    sup = std::make_unique<backend::supervisor>(
-        ioc.get_executor(), backend::supervisor_options_for(*cfg.model.adapter.launch), log);
-    sup->on_state([&be, &sampler, s = sup.get()](backend::state st, std::string const& reason) {
-      sampler.set_backend_pid(s->pid() ? std::optional<int>(*s->pid()) : std::nullopt);
-      be->set_process_state(st, reason);
-    });
-    be->on_answering([s = sup.get()] { return s->mark_ready(); });
-  }
-  app a{loaded, log, metrics, *be, rt};
-  a.supervisor = sup.get();
+  app a{loaded, log, metrics, *be, rt, models};
+  a.supervisor = models.primary_supervisor();
 
   a.rejections = std::make_unique<telemetry::rejection_summarizer>(log);
   // Durable jobs (asyncQueue): the store (import of the TypeScript gateway's records, then recovery at the
@@ -567,8 +565,7 @@ int serve(config::loaded_config loaded, serve_options opts) {
   // Signals are caught from before the listening line on: a supervisor may stop us the moment we announce.
   boost::asio::signal_set signals(ioc, SIGINT, SIGTERM, SIGHUP);
   srv.start();
-  be->start();
-  if (sup) sup->start();
+  models.start();
   std::string host = ep->address().to_string();
   std::string url_host = ep->address().is_v6() ? "[" + host + "]" : host;
   // The listening line is written whatever the log level: with --port 0 it is how anyone learns the port.

@@ -88,6 +88,30 @@ struct generation_result {
   double completion_tokens_per_second{0};
 };
 
+// Embeddings (models.md): one vector per input, in input order. llama-server: POST /v1/embeddings.
+struct embedding_request {
+  std::vector<std::string> inputs;  // each a text (token-array inputs are sent as their text by the caller)
+};
+struct embedding_result {
+  std::vector<std::vector<float>> vectors;  // vectors[i] belongs to inputs[i]
+  std::optional<std::uint32_t> prompt_tokens{};
+};
+
+// Rerank (llama-server's /v1/rerank shape): a relevance score per document.
+struct rerank_request {
+  std::string query;
+  std::vector<std::string> documents;
+  std::optional<std::uint32_t> top_n{};
+};
+struct rerank_item {
+  std::uint32_t index{0};  // into rerank_request::documents
+  double score{0};
+};
+struct rerank_result {
+  std::vector<rerank_item> results;  // best first, at most top_n
+  std::optional<std::uint32_t> prompt_tokens{};
+};
+
 // Receives text as it is produced. Called on the backend's executor.
 class token_sink {
  public:
@@ -169,6 +193,10 @@ class backend {
   // failure just leaves the caller with its estimate.
   virtual boost::asio::awaitable<std::optional<std::uint32_t>> count_prompt_tokens(std::string system,
                                                                                    std::string prompt);
+  // Embeddings / rerank of a model of that kind; cancellable like generate(). The defaults answer
+  // errc::not_implemented (a backend that cannot serve them).
+  virtual boost::asio::awaitable<result<embedding_result>> embed(embedding_request req);
+  virtual boost::asio::awaitable<result<rerank_result>> rerank(rerank_request req);
   // Number of generate() calls that reached the backend.
   virtual std::uint64_t requests_total() const noexcept = 0;
 };

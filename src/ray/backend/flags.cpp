@@ -5,7 +5,8 @@
 namespace ray::backend {
 
 std::vector<std::string> llama_server_args(config::launch_profile const& p,
-                                           std::string const& model_path_override) {
+                                           std::string const& model_path_override, config::model_kind kind,
+                                           std::optional<std::string> const& pooling) {
   std::vector<std::string> a;
   a.reserve(48 + p.extra_args.size());
   auto opt = [&](char const* flag, std::string value) {
@@ -36,6 +37,13 @@ std::vector<std::string> llama_server_args(config::launch_profile const& p,
   a.emplace_back(p.enable_unified_kv ? "--kv-unified" : "--no-kv-unified");
   a.emplace_back(p.context_shift ? "--context-shift" : "--no-context-shift");
   a.emplace_back(p.cache_idle_slots ? "--cache-idle-slots" : "--no-cache-idle-slots");
+
+  if (kind == config::model_kind::embedding) {
+    a.emplace_back("--embedding");
+    if (pooling && !pooling->empty()) opt("--pooling", *pooling);
+  } else if (kind == config::model_kind::rerank) {
+    a.emplace_back("--reranking");
+  }
 
   a.insert(a.end(), p.extra_args.begin(), p.extra_args.end());
   return a;

@@ -6,6 +6,7 @@
 
 #include "ray/config/config.hpp"
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -19,7 +20,8 @@ namespace ray::backend {
 //   -ub <ubatchSize>  --cache-reuse <cacheReuse>  --cache-ram <cacheRamMiB>
 //   [--no-cache-prompt]  (-cb | --no-cont-batching)  [--metrics]  (--slots | --no-slots)  [--no-warmup]
 //   (--kv-unified | --no-kv-unified)  (--context-shift | --no-context-shift)
-//   (--cache-idle-slots | --no-cache-idle-slots)  extraArgs…
+//   (--cache-idle-slots | --no-cache-idle-slots)  [--embedding [--pooling <pooling>] | --reranking]
+//   extraArgs…
 // Rules:
 // - `-a` only when alias is non-empty; `-tb` / `--threads-http` only when set (else llama-server decides).
 // - `--cache-ram` is always written, with llama-server's own meaning: -1 unlimited, 0 off, else MiB — so its
@@ -28,9 +30,15 @@ namespace ray::backend {
 //   off; `--metrics` has no negation and appears only when on. Flags whose default differs between builds
 //   (continuous batching, /slots, unified KV, context shift, idle-slot caching) are always written
 //   explicitly, so the server runs what the profile says whatever its build.
+// - The model's kind (models.md "Embeddings and rerank"): an embedding model gets `--embedding`, plus
+//   `--pooling <pooling>` when the adapter sets one (else llama-server takes the GGUF's); a rerank model gets
+//   `--reranking` alone (it implies llama-server's embedding mode with pooling `rank`, which a `--pooling`
+//   after it would override); a chat model neither (pooling is ignored).
 // - extraArgs are appended unchanged and last (config validation already refuses a flag the profile owns).
 std::vector<std::string> llama_server_args(config::launch_profile const& profile,
-                                           std::string const& model_path_override = "");
+                                           std::string const& model_path_override = "",
+                                           config::model_kind kind = config::model_kind::chat,
+                                           std::optional<std::string> const& pooling = std::nullopt);
 
 // One argument quoted for a POSIX shell: unchanged when it contains only [A-Za-z0-9_@%+=:,./-] (and is
 // non-empty), else wrapped in single quotes with each ' written as '\''.

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 namespace ray::backend {
 
@@ -49,7 +50,9 @@ class mock_backend final : public backend {
                 " seed=" + cfg.model.adapter.seed + "]\n"),
         latency_(cfg.model.adapter.latency_ms),
         tokens_per_second_(cfg.model.adapter.tokens_per_second),
-        context_(cfg.model.context_window) {}
+        context_(cfg.model.context_window),
+        seed_(cfg.model.adapter.seed),
+        dimensions_(cfg.model.adapter.dimensions) {}
 
   state current_state() const noexcept override { return state::ready; }
 
@@ -146,15 +149,102 @@ class mock_backend final : public backend {
     co_return out;
   }
 
+  // ---- embeddings and rerank (models.md): deterministic unit vectors seeded by (adapter.seed, text); a
+  // rerank score is the dot product of the query's and the document's vectors (an exact match scores 1).
+  boost::asio::awaitable<result<embedding_result>> embed(embedding_request req) override {
+    if (auto e = co_await wait_latency("mock embedding cancelled")) co_return *e;
+    embedding_result out;
+    std::uint64_t tokens = 0;
+    out.vectors.reserve(req.inputs.size());
+    for (auto const& text : req.inputs) {
+      out.vectors.push_back(unit_vector(text));
+      tokens += byte_tokens(text);
+    }
+    out.prompt_tokens = clamp_count(tokens);
+    co_return out;
+  }
+
+  boost::asio::awaitable<result<rerank_result>> rerank(rerank_request req) override {
+    if (auto e = co_await wait_latency("mock rerank cancelled")) co_return *e;
+    auto const query = unit_vector(req.query);
+    rerank_result out;
+    std::uint64_t tokens = 0;
+    out.results.reserve(req.documents.size());
+    for (std::size_t i = 0; i < req.documents.size(); ++i) {
+      auto const doc = unit_vector(req.documents[i]);
+      double score = 0;
+      for (std::size_t d = 0; d < doc.size(); ++d)
+        score += static_cast<double>(query[d]) * static_cast<double>(doc[d]);
+      out.results.push_back({static_cast<std::uint32_t>(i), score});
+      tokens += byte_tokens(req.query) + byte_tokens(req.documents[i]);  // each pair is evaluated
+    }
+    std::stable_sort(out.results.begin(), out.results.end(),
+                     [](rerank_item const& a, rerank_item const& b) { return a.score > b.score; });
+    if (req.top_n && *req.top_n < out.results.size()) out.results.resize(*req.top_n);
+    out.prompt_tokens = clamp_count(tokens);
+    co_return out;
+  }
+
   std::uint64_t requests_total() const noexcept override { return requests_; }
 
  private:
+  // adapter.latencyMs, like generate(); an error when the awaiting coroutine was cancelled meanwhile.
+  boost::asio::awaitable<std::optional<ray::error>> wait_latency(char const* cancelled) {
+    if (latency_.count() <= 0) co_return std::nullopt;
+    boost::asio::steady_timer timer(ex_);
+    timer.expires_after(latency_);
+    auto [ec] = co_await timer.async_wait(use_tuple);
+    if (ec) co_return ray::error{errc::provider_request_failed, cancelled};
+    co_return std::nullopt;
+  }
+
+  static std::uint64_t byte_tokens(std::string_view text) { return (text.size() + 3) / 4; }
+  static std::uint32_t clamp_count(std::uint64_t n) {
+    return static_cast<std::uint32_t>(std::min<std::uint64_t>(n, UINT32_MAX));
+  }
+
+  // `dimensions_` floats from a splitmix64 stream seeded by FNV-1a of (seed, NUL, text), scaled to norm 1.
+  std::vector<float> unit_vector(std::string_view text) const {
+    std::uint64_t h = 1469598103934665603ull;
+    auto mix_in = [&h](std::string_view s) {
+      for (unsigned char c : s) {
+        h ^= c;
+        h *= 1099511628211ull;
+      }
+    };
+    mix_in(seed_);
+    mix_in(std::string_view("\0", 1));
+    mix_in(text);
+    std::vector<float> v(dimensions_);
+    double norm2 = 0;
+    for (auto& x : v) {
+      h += 0x9e3779b97f4a7c15ull;
+      std::uint64_t z = h;
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+      z ^= z >> 31;
+      double u = static_cast<double>(z >> 11) * 0x1.0p-53;  // [0, 1)
+      x = static_cast<float>(2.0 * u - 1.0);
+      norm2 += static_cast<double>(x) * static_cast<double>(x);
+    }
+    if (norm2 <= 0) {
+      if (!v.empty()) v[0] = 1.0f;
+      return v;
+    }
+    double const inv = 1.0 / std::sqrt(norm2);
+    for (auto& x : v)
+      x = static_cast<float>(x * inv);
+    return v;
+  }
+
   boost::asio::any_io_executor ex_;
   std::string model_id_;
   std::string header_;
   std::chrono::milliseconds latency_;
   std::uint32_t tokens_per_second_;
   std::uint32_t context_;
+  std::string seed_;
+  std::uint32_t dimensions_;
   std::uint64_t requests_{0};
   std::uint32_t running_{0};      // generate() calls in flight
   std::uint64_t held_tokens_{0};  // their prompt + streamed tokens
@@ -171,6 +261,16 @@ boost::asio::awaitable<std::optional<std::uint32_t>> backend::count_prompt_token
   (void)system;
   (void)prompt;
   co_return std::nullopt;
+}
+
+boost::asio::awaitable<result<embedding_result>> backend::embed(embedding_request req) {
+  (void)req;
+  co_return ray::error{errc::not_implemented, "this backend does not serve embeddings"};
+}
+
+boost::asio::awaitable<result<rerank_result>> backend::rerank(rerank_request req) {
+  (void)req;
+  co_return ray::error{errc::not_implemented, "this backend does not serve rerank"};
 }
 
 }  // namespace ray::backend

@@ -1,6 +1,7 @@
 // llama-server and OpenAI-compatible backends: one adapter, two dialects (health endpoint, /props, extras).
 #include "ray/backend/backend.hpp"
 #include "ray/backend/parse.hpp"
+#include "ray/backend/remote_embed.hpp"
 #include "ray/http/client.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -44,6 +45,26 @@ base_url parse_base(std::string const& url) {
     out.prefix.pop_back();
   return out;
 }
+
+// What the watch coroutine (remote_backend::watch_loop) owns: shared with the backend, which only sets
+// `stopped` (stop() or its destructor); after every resumption the coroutine checks it before touching the
+// backend.
+struct watch_state {
+  explicit watch_state(asio::any_io_executor ex) : conn(ex), timer(ex) {}
+  http::connection_watch conn;
+  asio::steady_timer timer;  // the watch's waits; cancelled to wake it (a probe finished, stop())
+  bool stopped{false};
+  void stop() noexcept {
+    stopped = true;
+    conn.close();
+    timer.cancel();
+  }
+  // Sleeps until `t`, or until woken by a cancel.
+  asio::awaitable<void> nap_until(steady::time_point t) {
+    timer.expires_at(t);
+    co_await timer.async_wait(use_tuple);
+  }
+};
 
 class remote_backend final : public backend {
  public:
@@ -118,15 +139,28 @@ class remote_backend final : public backend {
     asio::co_spawn(ex_, health_loop(), asio::detached);
     if (llama_ && metrics_) asio::co_spawn(ex_, metrics_loop(), asio::detached);
     if (llama_) asio::co_spawn(ex_, slots_loop(), asio::detached);
+    // Attached (not supervised) llama-server: nobody sees its process exit, so a watch connection does.
+    auto const& a = cfg_.model.adapter;
+    if (llama_ && !(a.launch && a.launch->supervise)) {
+      watch_ = std::make_shared<watch_state>(ex_);
+      asio::co_spawn(ex_, watch_loop(watch_), asio::detached);
+    }
   }
   void stop() override {
     stopped_ = true;
     wake_.cancel();
+    if (watch_) watch_->stop();
+  }
+  ~remote_backend() override {
+    if (watch_) watch_->stop();  // the watch never touches this backend again
   }
 
   asio::awaitable<std::optional<std::uint32_t>> count_prompt_tokens(std::string system,
                                                                     std::string prompt) override;
   asio::awaitable<result<generation_result>> generate(generation_request req, token_sink* sink) override;
+  // Embeddings / rerank: see the section at the end of this file.
+  asio::awaitable<result<embedding_result>> embed(embedding_request req) override;
+  asio::awaitable<result<rerank_result>> rerank(rerank_request req) override;
 
  private:
   std::string path(std::string_view p) const { return base_.prefix + std::string(p); }
@@ -240,11 +274,13 @@ class remote_backend final : public backend {
   }
 
   asio::awaitable<void> health_loop();
+  asio::awaitable<void> watch_loop(std::shared_ptr<watch_state> w);
   asio::awaitable<void> metrics_loop();
   asio::awaitable<void> slots_loop();
   asio::awaitable<bool> probe_once();
   asio::awaitable<bool> read_props();
   ray::error map_status(unsigned status, std::string const& body);
+  asio::awaitable<result<std::string>> post_for_body(std::string_view target, std::string const& body);
 
   asio::any_io_executor ex_;
   config::config const& cfg_;
@@ -287,6 +323,10 @@ class remote_backend final : public backend {
   steady::time_point last_summary_{};
   std::string state_since_iso_{};
   std::uint32_t warmup_backoff_ms_{0};
+  std::shared_ptr<watch_state> watch_{};  // attach mode only; see watch_loop()
+  bool watch_probe_due_{false};           // the watch asked for a probe: the health loop runs one at once
+  std::uint64_t probes_started_{0};       // by the health loop; the watch waits for the probe after its ask
+  std::uint64_t probes_done_{0};
 };
 
 asio::awaitable<bool> remote_backend::read_props() {
@@ -425,12 +465,69 @@ asio::awaitable<bool> remote_backend::probe_once() {
 
 asio::awaitable<void> remote_backend::health_loop() {
   while (!stopped_) {
+    watch_probe_due_ = false;
+    ++probes_started_;
     co_await probe_once();
+    ++probes_done_;
+    if (watch_) watch_->timer.cancel();  // it may be waiting for this probe or for a serving backend
     if (stopped_) break;
+    if (watch_probe_due_) continue;  // the watch's connection closed during this probe: once more, now
     std::uint32_t wait = warmup_backoff_ms_ ? warmup_backoff_ms_ : cfg_.model.adapter.health_interval_ms;
     wake_.expires_after(std::chrono::milliseconds(wait));
     co_await wake_.async_wait(use_tuple);
   }
+}
+
+// The watch (attach mode): while the backend is serving, one connection of its own with a read pending. An
+// attached llama-server that dies (or restarts) closes it at once, so the health loop probes at once, not at
+// its next poll: /readyz flips within milliseconds instead of up to healthIntervalMs. llama-server also
+// closes idle connections itself (its keep-alive timeout): a close that the probe finds still serving just
+// reconnects — at once the first time, then at most once per healthIntervalMs, so a server that keeps closing
+// it costs no more probes than the poll does. Nothing is ever sent on the connection.
+asio::awaitable<void> remote_backend::watch_loop(std::shared_ptr<watch_state> w) {
+  try {
+    auto const interval =
+        std::chrono::milliseconds(std::max<std::uint32_t>(cfg_.model.adapter.health_interval_ms, 1));
+    auto const connect_timeout = std::chrono::milliseconds(cfg_.model.adapter.health_timeout_ms);
+    bool reconnect = false;  // the last watched connection ended while the backend stayed serving
+    auto next_reconnect = steady::time_point::min();
+    while (!w->stopped) {
+      if (!is_serving(state_)) {
+        reconnect = false;
+        co_await w->nap_until(steady::now() + interval);  // woken after each probe
+        continue;
+      }
+      if (reconnect) {
+        auto const now = steady::now();
+        if (now < next_reconnect) {
+          co_await w->nap_until(next_reconnect);
+          continue;
+        }
+        next_reconnect = now + interval;
+      }
+      auto connected = co_await w->conn.connect(base_.host, base_.port, connect_timeout);
+      if (w->stopped) break;
+      if (connected) {
+        co_await w->conn.wait_closed();
+        if (w->stopped) break;
+      }
+      // Closed (or no connection to a backend said to be serving): one probe now, and wait for its verdict.
+      auto const until = probes_started_ + 1;
+      watch_probe_due_ = true;
+      probe_now();
+      while (probes_done_ < until) {
+        co_await w->nap_until(steady::now() + interval);
+        if (w->stopped) co_return;
+      }
+      reconnect = true;
+    }
+  } catch (std::exception const& e) {
+    // Polling goes on without the watch.
+    if (!w->stopped) log_.warn("backend connection watch ended", {{"reason", e.what()}});
+  } catch (...) {
+    if (!w->stopped) log_.warn("backend connection watch ended", {{"reason", "unknown exception"}});
+  }
+  w->conn.close();
 }
 
 // /slots only reconciles: Ray counts slots from its own dispatches; a slot the server reports busy that Ray
@@ -705,6 +802,56 @@ asio::awaitable<result<generation_result>> remote_backend::generate(generation_r
   out.total_ms = std::chrono::duration<double, std::milli>(steady::now() - started).count();
   if (!saw_first) out.ttft_ms = out.total_ms;
   co_return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Embeddings and rerank (models.md "Embeddings and rerank"): one POST each, the whole answer read at once.
+// Same client, timeout (adapter.timeoutMs), headers, error mapping (map_status, went_away) and cancellation
+// (the client honours the awaiting coroutine's cancellation slot) as generate(); the wire format is
+// remote_embed.cpp's. Not counted in requests_total() (generate() calls only).
+
+// POSTs `body` to `target` and returns the 200 answer's body; the state check, transport and status errors
+// exactly as generate() has them. `body` is taken by reference and copied before the first suspension (the
+// GCC 12 by-value coroutine parameter issue, see http::client::send); callers co_await at once.
+asio::awaitable<result<std::string>> remote_backend::post_for_body(std::string_view target,
+                                                                   std::string const& body) {
+  if (!is_serving(state_) && state_ != state::warming) co_return unavailable_error();
+  http::client_request const call{http::verb::post, path(target), body, request_headers(),
+                                  std::chrono::milliseconds(cfg_.model.adapter.timeout_ms)};
+  auto r = co_await client_.send(call);
+  if (!r) co_return went_away(r.error());
+  if (r->status != 200) co_return map_status(r->status, r->body);
+  co_return std::move(r->body);
+}
+
+asio::awaitable<result<embedding_result>> remote_backend::embed(embedding_request req) {
+  auto const& a = cfg_.model.adapter;
+  auto body = co_await post_for_body(
+      "/v1/embeddings",
+      embeddings_request_body(a.model_ref.empty() ? cfg_.model.id : a.model_ref, req.inputs));
+  if (!body) co_return body.error();
+  auto parsed = parse_embeddings_answer(*body, req.inputs.size());
+  if (!parsed) {
+    ray::error e = parsed.error();
+    e.message = scrub(std::move(e.message));
+    co_return e;
+  }
+  co_return std::move(*parsed);
+}
+
+asio::awaitable<result<rerank_result>> remote_backend::rerank(rerank_request req) {
+  auto const& a = cfg_.model.adapter;
+  auto body = co_await post_for_body(
+      "/v1/rerank", rerank_request_body(a.model_ref.empty() ? cfg_.model.id : a.model_ref, req.query,
+                                        req.documents, req.top_n));
+  if (!body) co_return body.error();
+  auto parsed = parse_rerank_answer(*body, req.documents.size(), req.top_n);
+  if (!parsed) {
+    ray::error e = parsed.error();
+    e.message = scrub(std::move(e.message));
+    co_return e;
+  }
+  co_return std::move(*parsed);
 }
 
 }  // namespace

@@ -216,13 +216,14 @@ enum class phase { idle, checking, running, backoff, adopted, stopping, stopped,
 
 supervisor_options supervisor_options_for(config::launch_profile const& profile,
                                           std::string const& model_path_override,
-                                          std::string const& binary_override) {
+                                          std::string const& binary_override, config::model_kind kind,
+                                          std::optional<std::string> const& pooling) {
   supervisor_options o;
   o.binary = !binary_override.empty()       ? binary_override
              : !profile.binary_path.empty() ? profile.binary_path
                                             : std::string("llama-server");
   o.fallback_binary = binary_override.empty() ? "llama-server" : "";
-  o.args = llama_server_args(profile, model_path_override);
+  o.args = llama_server_args(profile, model_path_override, kind, pooling);
   o.model_path = model_path_override.empty() ? profile.model_path : model_path_override;
   o.host = profile.host;
   o.port = static_cast<std::uint16_t>(profile.port);

@@ -107,10 +107,13 @@ struct supervisor_options {
 // Options for a launch profile: binary = binary_override, else profile.binaryPath (with "llama-server" on
 // PATH as the fallback when that file is missing: the profiles' default /usr/local/bin/llama-server is often
 // not where a development box has it), else "llama-server" on PATH; args = llama_server_args(profile,
-// model_path_override); model path, host, port, ctx size, cache RAM and load timeout from the profile.
+// model_path_override, kind, pooling); model path, host, port, ctx size, cache RAM and load timeout from the
+// profile.
 supervisor_options supervisor_options_for(config::launch_profile const& profile,
                                           std::string const& model_path_override = "",
-                                          std::string const& binary_override = "");
+                                          std::string const& binary_override = "",
+                                          config::model_kind kind = config::model_kind::chat,
+                                          std::optional<std::string> const& pooling = std::nullopt);
 
 // The memory llama-server may use: the smallest of the cgroup memory.max values from `cgroup_dir` up to the
 // cgroup mount (when cgroup_dir is given explicitly: that directory only) and MemAvailable from

@@ -37,6 +37,36 @@ asio::awaitable<std::optional<typename Op::value_type>> with_deadline(Op op, ste
   co_return std::get<1>(std::move(r));
 }
 
+// Connects `sock` (closed) to host:port (an IP address, else resolved) by the deadline; closing `sock`
+// meanwhile aborts it. `host` is the caller's, read only before the first suspension.
+asio::awaitable<result<void>> connect_to(tcp::socket& sock, std::string const& host_ref, std::uint16_t port,
+                                         steady::time_point deadline) {
+  std::string const host = host_ref;
+  std::string const where = host + ":" + std::to_string(port);
+  boost::system::error_code ec;
+  auto addr = asio::ip::make_address(host, ec);
+  boost::system::error_code cec;
+  bool timed_out = false;
+  if (!ec) {
+    auto r = co_await with_deadline(sock.async_connect(tcp::endpoint(addr, port), use_tuple), deadline);
+    timed_out = !r.has_value();
+    if (r) cec = std::get<0>(*r);
+  } else {
+    tcp::resolver resolver(sock.get_executor());
+    auto rr = co_await with_deadline(resolver.async_resolve(host, std::to_string(port), use_tuple), deadline);
+    if (!rr) co_return result<void>(timeout_error("resolving " + host));
+    if (std::get<0>(*rr)) co_return result<void>(io_error("resolving " + host, std::get<0>(*rr)));
+    auto results = std::get<1>(*rr);
+    auto cr = co_await with_deadline(asio::async_connect(sock, results, use_tuple), deadline);
+    timed_out = !cr.has_value();
+    if (cr) cec = std::get<0>(*cr);
+  }
+  if (timed_out) co_return result<void>(timeout_error("connecting to " + where));
+  if (cec) co_return result<void>(io_error("connecting to " + where, cec));
+  sock.set_option(tcp::no_delay(true), ec);
+  co_return result<void>();
+}
+
 std::string find_header(std::vector<std::pair<std::string, std::string>> const& hs, std::string_view name) {
   for (auto const& [k, v] : hs)
     if (iequals(k, name)) return v;
@@ -355,33 +385,11 @@ asio::awaitable<result<tcp::socket>> client::acquire(bool& reused, steady::time_
     co_return result<tcp::socket>(std::move(s));
   }
   reused = false;
-  std::string const where = host_ + ":" + std::to_string(port_);
   auto const connect_deadline =
       std::min(deadline, steady::now() + std::chrono::milliseconds(opts_.connect_timeout_ms));
   tcp::socket sock(ex_);
-  boost::system::error_code ec;
-  auto addr = asio::ip::make_address(host_, ec);
-  boost::system::error_code cec;
-  bool timed_out = false;
-  if (!ec) {
-    auto r =
-        co_await with_deadline(sock.async_connect(tcp::endpoint(addr, port_), use_tuple), connect_deadline);
-    timed_out = !r.has_value();
-    if (r) cec = std::get<0>(*r);
-  } else {
-    tcp::resolver resolver(ex_);
-    auto rr = co_await with_deadline(resolver.async_resolve(host_, std::to_string(port_), use_tuple),
-                                     connect_deadline);
-    if (!rr) co_return result<tcp::socket>(timeout_error("resolving " + host_));
-    if (std::get<0>(*rr)) co_return result<tcp::socket>(io_error("resolving " + host_, std::get<0>(*rr)));
-    auto results = std::get<1>(*rr);
-    auto cr = co_await with_deadline(asio::async_connect(sock, results, use_tuple), connect_deadline);
-    timed_out = !cr.has_value();
-    if (cr) cec = std::get<0>(*cr);
-  }
-  if (timed_out) co_return result<tcp::socket>(timeout_error("connecting to " + where));
-  if (cec) co_return result<tcp::socket>(io_error("connecting to " + where, cec));
-  sock.set_option(tcp::no_delay(true), ec);
+  auto connected = co_await connect_to(sock, host_, port_, connect_deadline);
+  if (!connected) co_return result<tcp::socket>(connected.error());
   co_return result<tcp::socket>(std::move(sock));
 }
 
@@ -472,6 +480,32 @@ asio::awaitable<result<client_response>> client::send(client_request const& req)
   out.headers = (*stream)->s_->headers;
   out.body = std::move(*body);
   co_return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// connection_watch
+
+connection_watch::connection_watch(asio::any_io_executor ex) : socket_(std::move(ex)) {}
+
+asio::awaitable<result<void>> connection_watch::connect(std::string const& host, std::uint16_t port,
+                                                       std::chrono::milliseconds timeout) {
+  close();
+  auto connected = co_await connect_to(socket_, host, port, steady::now() + timeout);
+  if (!connected) close();
+  co_return connected;
+}
+
+asio::awaitable<void> connection_watch::wait_closed() {
+  if (!socket_.is_open()) co_return;
+  char byte;
+  co_await socket_.async_read_some(asio::buffer(&byte, 1), use_tuple);
+  close();
+}
+
+void connection_watch::close() noexcept {
+  boost::system::error_code ec;
+  socket_.shutdown(tcp::socket::shutdown_both, ec);
+  socket_.close(ec);
 }
 
 }  // namespace ray::http

@@ -157,4 +157,30 @@ class client {
   std::shared_ptr<bool> alive_;
 };
 
+// One connection of its own to a server (never pooled; nothing is ever sent on it) with a read pending, so
+// the moment the server closes or resets it is seen: the process died, restarted, or dropped an idle
+// connection (llama-server does after its keep-alive timeout). The backend adapter uses it to probe at once
+// instead of at its next poll. The caller keeps the object alive across its awaits (e.g. in a shared_ptr its
+// coroutine holds).
+class connection_watch {
+ public:
+  explicit connection_watch(boost::asio::any_io_executor ex);
+  connection_watch(connection_watch const&) = delete;
+  connection_watch& operator=(connection_watch const&) = delete;
+
+  // Opens a fresh connection (closing any previous one). Errors: provider_request_failed (refused, …),
+  // provider_timeout. `host` is copied before the first suspension.
+  boost::asio::awaitable<result<void>> connect(std::string const& host, std::uint16_t port,
+                                               std::chrono::milliseconds timeout);
+  // Completes when the open connection ends: EOF, reset, any byte from the server (a connection nothing was
+  // asked on is out of step), or close(). The connection is closed then. At once when none is open.
+  boost::asio::awaitable<void> wait_closed();
+  // Closes the connection now; a pending connect() or wait_closed() completes.
+  void close() noexcept;
+  bool is_open() const noexcept { return socket_.is_open(); }
+
+ private:
+  tcp::socket socket_;
+};
+
 }  // namespace ray::http

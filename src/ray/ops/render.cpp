@@ -201,7 +201,7 @@ result<render_result> render(config::loaded_config const& loaded, render_options
   bool backend_key = false;
   if (llama) {
     std::vector<std::string> args{launch->binary_path};
-    auto built = backend::llama_server_args(*launch);
+    auto built = backend::llama_server_args(*launch, "", c.model.kind, c.model.adapter.pooling);
     for (std::size_t i = 0; i < built.size(); ++i) {
       if (is_secret_arg(built[i])) {
         backend_key = true;

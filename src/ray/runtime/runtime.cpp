@@ -1,306 +1,123 @@
+// The request pipeline's stages (runtime.hpp): the runtime's state and metrics, budgets and pressure, the
+// cache lookup, warm-up, and the native and OpenAI entry points up to the single-flight join (flight.cpp runs
+// the flights; embed.cpp serves embeddings and rerank).
 #include "ray/runtime/runtime.hpp"
 
-#include "ray/cache/cache.hpp"
-#include "ray/http/stop.hpp"
 #include "ray/prompt/prompt.hpp"
-#include "ray/scheduler/scheduler.hpp"
+#include "ray/runtime/detail.hpp"
 #include "ray/system/system.hpp"
 
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/this_coro.hpp>
-#include <boost/asio/use_awaitable.hpp>
-
 #include <algorithm>
-#include <unordered_map>
 
 namespace ray::runtime {
 
-namespace {
-namespace asio = boost::asio;
-using namespace asio::experimental::awaitable_operators;
-constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
-using steady = std::chrono::steady_clock;
+using namespace detail;
 
-double ms_between(ray::clock::time_point a, ray::clock::time_point b) {
-  return std::chrono::duration<double, std::milli>(b - a).count();
+runtime::impl::impl(asio::any_io_executor e, config::config const& c, backend::backend& b,
+                    telemetry::registry& m, telemetry::logger& l, system::sampler* s, ray::clock const& clk)
+    : ex(std::move(e)),
+      cfg(c),
+      be(b),
+      log(l),
+      sampler(s),
+      clock(clk),
+      desc(b.describe()),
+      sched(scheduler::limits::from(c, desc.slots, desc.kv_pool), clk),
+      cache({.max_entries = c.cache.max_entries, .max_bytes = c.cache.max_bytes, .ttl_ms = c.cache.ttl_ms},
+            clk),
+      batch_timer(ex),
+      rejections(m.add_counter("ray_rejections_total", "Requests refused, by error code.", {"reason"},
+                               {.json_name = "rejections"})),
+      cancellations(m.add_counter("ray_cancellations_total",
+                                  "Requests whose client left or whose deadline fired, by phase.", {"phase"},
+                                  {.json_name = "cancellations"})),
+      degradations(m.add_counter("ray_degradations_total", "Requests served degraded, by reason.", {"reason"},
+                                 {.json_name = "degradations"})) {
+  auto backend_requests =
+      m.add_counter("ray_backend_requests_total",
+                    "Calls sent to the backend (generations, embeddings, rerank), by outcome.", {"outcome"},
+                    {.json_name = "backend.requests"});
+  backend_ok = backend_requests.with({"ok"});
+  backend_error = backend_requests.with({"error"});
+  backend_cancelled = backend_requests.with({"cancelled"});
+  backend_timeout = backend_requests.with({"timeout"});
+  cache_hits =
+      m.add_counter("ray_cache_hits_total", "Result cache hits.", {}, {.json_name = "cache.hits"}).with();
+  cache_misses =
+      m.add_counter("ray_cache_misses_total", "Result cache misses.", {}, {.json_name = "cache.misses"})
+          .with();
+  dedupe_joins =
+      m.add_counter("ray_dedupe_joins_total", "Requests that joined an identical in-flight request.", {},
+                    {.json_name = "dedupe.joins"})
+          .with();
+  chars_saved = m.add_counter("ray_prompt_chars_saved_total", "Characters the prompt compiler removed.", {},
+                              {.json_name = "promptCompiler.charsSaved"})
+                    .with();
+  queue_wait =
+      m.add_histogram("ray_queue_wait_seconds", "Time dispatched requests waited in the queue.").with();
+  ttft = m.add_histogram("ray_time_to_first_token_seconds",
+                         "Time from dispatch to the first token, for requests that reached the backend.")
+             .with();
+  auto gauge = [&](char const* name, char const* help, char const* json, std::function<double()> fn) {
+    m.add_gauge(name, help, {}, {.json_name = json}).set_function({}, std::move(fn));
+  };
+  gauge("ray_queue_depth", "Requests waiting for dispatch.", "queue.depth",
+        [this] { return double(sched.stats().queue_depth); });
+  gauge("ray_queue_tokens", "Token cost of the waiting requests.", "queue.tokens",
+        [this] { return double(sched.stats().queued_tokens); });
+  gauge("ray_inflight_requests", "Requests dispatched to the backend.", "inflight.requests",
+        [this] { return double(sched.stats().in_flight); });
+  gauge("ray_inflight_tokens", "Token cost of the dispatched requests.", "inflight.tokens",
+        [this] { return double(sched.stats().in_flight_tokens); });
+  gauge("ray_backend_up", "1 when the backend is ready or degraded.", "backend.up",
+        [this] { return backend::is_serving(be.current_state()) ? 1.0 : 0.0; });
+  gauge("ray_backend_slots_busy", "Backend slots busy with Ray's requests.", "backend.slotsBusy",
+        [this] { return double(be.current_details().slots_busy); });
+  gauge("ray_backend_load_seconds", "Duration of the backend's last model load (0 when unknown).",
+        "backend.loadSeconds", [this] { return be.current_details().load_ms.value_or(0) / 1000.0; });
+  // The Gateway API Inference Extension's model-server metrics (docs/scale-out.md maps the endpoint
+  // picker's flags to them): waiting = Ray's queue plus the server's own (llama-server's deferred
+  // requests), running = busy slots (Ray's and other clients'), KV cache in use 0..1 (left out while
+  // unknown).
+  gauge("ray_inference_requests_waiting",
+        "Requests waiting for a slot: Ray's queue plus the backend's deferred requests.",
+        "inference.requestsWaiting", [this] {
+          return double(sched.stats().queue_depth) +
+                 double(be.current_details().requests_deferred.value_or(0));
+        });
+  gauge("ray_inference_requests_running", "Requests running on the backend (busy slots, any client).",
+        "inference.requestsRunning", [this] {
+          auto const d = be.current_details();
+          return double(d.slots_busy) + double(d.slots_foreign);
+        });
+  m.add_gauge("ray_inference_kv_cache_usage_ratio",
+              "Fraction of the backend's KV cache held by running requests (0..1), from /slots; absent "
+              "while unknown.",
+              {}, {.json_name = "inference.kvCacheUsage"})
+      .set_optional_function({}, [this] { return be.current_details().kv_cache_usage; });
+  gauge("ray_memory_pressure", "1 while memory pressure degrades new work.", "pressure.memory",
+        [this] { return last_decision.memory_pressure ? 1.0 : 0.0; });
+  gauge("ray_cpu_pressure", "1 while CPU pressure degrades new work.", "pressure.cpu",
+        [this] { return last_decision.cpu_pressure ? 1.0 : 0.0; });
+  m.add_counter("ray_backend_restarts_total", "Backend restarts detected.", {},
+                {.json_name = "backend.restarts"})
+      .set_function({}, [this] { return std::uint64_t{be.current_details().restarts}; });
+  auto dispatches =
+      m.add_counter("ray_scheduler_dispatches_total",
+                    "Dispatch decisions: best score in the lookahead window, fallback beyond it, or a "
+                    "starved request that reserved the budget.",
+                    {"kind"}, {.json_name = "scheduler.dispatches"});
+  dispatches.set_function({"scored"}, [this] { return sched.stats().dispatched_scored; });
+  dispatches.set_function({"fallback"}, [this] { return sched.stats().dispatched_fallback; });
+  dispatches.set_function({"starved"}, [this] { return sched.stats().dispatched_starved; });
+  auto states = m.add_gauge("ray_backend_state", "1 for the backend's current state.", {"state"});
+  for (auto s :
+       {backend::state::unknown, backend::state::starting, backend::state::loading, backend::state::warming,
+        backend::state::ready, backend::state::degraded, backend::state::unreachable,
+        backend::state::restarting, backend::state::failed, backend::state::misconfigured}) {
+    states.set_function({backend::state_name(s)}, [this, s] { return be.current_state() == s ? 1.0 : 0.0; });
+  }
 }
-
-// What the result cache keeps of an answer.
-struct cached_value {
-  std::string output;
-  std::string finish_reason;
-  std::optional<std::uint32_t> prompt_tokens, completion_tokens;
-  std::size_t completion_chars{0};
-  backend::generation_result provider;  // without text
-};
-
-enum class phase : std::uint8_t { queued, prefill, decode };
-std::string_view phase_name(phase p) {
-  switch (p) {
-    case phase::queued:
-      return "queued";
-    case phase::prefill:
-      return "prefill";
-    case phase::decode:
-      return "decode";
-  }
-  return "queued";
-}
-
-// One backend call that one or more waiters share. Owned jointly by its waiters and by the coroutine that
-// runs it (fly): whoever leaves last frees it, so nothing here is ever touched after it is gone.
-struct flight {
-  explicit flight(asio::any_io_executor const& ex)
-      : done(ex, steady::time_point::max()), dispatch(ex), stop(ex) {}
-  std::uint64_t id{0};
-  std::string key;              // single-flight key; empty = not joinable
-  asio::steady_timer done;      // cancelled when the outcome is set: wakes every waiter
-  asio::steady_timer dispatch;  // cancelled when the scheduler dispatches the flight
-  http::stop_source stop;       // requested by the last waiter to leave
-  std::size_t waiters{0};
-  bool dispatched{false};
-  bool finished{false};
-  bool abandoned{false};  // every waiter left
-  std::string failure;    // what run_flight threw (fly turns it into the outcome)
-  phase ph{phase::queued};
-  std::optional<result<infer_result>> outcome;
-  // The prepared request.
-  backend::generation_request gen;
-  std::uint64_t cost{0};
-  config::lane lane{config::lane::draft};
-  ray::clock::time_point arrived{};
-  std::optional<cache::cache_key> cache_key;
-  infer_result base;                // model, prompt chars, degradation and prompt reports
-  std::string produced;             // text streamed so far
-  std::vector<std::string> deltas;  // the same, delta by delta (replayed to late joiners of streams)
-  std::vector<ray::runtime::stream_listener*> listeners;
-  // Streams are bounded by a first-token and an idle-token deadline instead of the total one: the sink
-  // re-arms `deadline` on every delta.
-  bool streaming{false};
-  std::chrono::milliseconds idle_token{0};
-  asio::steady_timer* deadline{nullptr};
-};
-
-// Completes when `t` expires; a re-arm (expires_after while waiting) keeps it waiting, a cancellation of the
-// awaiting operation ends it.
-asio::awaitable<std::tuple<boost::system::error_code>> deadline_watch(asio::steady_timer& t) {
-  auto cs = co_await asio::this_coro::cancellation_state;
-  co_await asio::this_coro::throw_if_cancelled(false);
-  for (;;) {
-    auto [ec] = co_await t.async_wait(use_tuple);
-    if (!ec) co_return std::tuple<boost::system::error_code>{};
-    if (cs.cancelled() != asio::cancellation_type::none) co_return std::tuple<boost::system::error_code>{ec};
-  }
-}
-
-// backend.generate() with its exceptions turned into an error value. Inside `a || b` an exception is not a
-// completion that cancels the other side (Asio 1.81 waits for one *success*): a throwing backend would leave
-// the request waiting for its deadline. Thrown before the awaitable exists or inside it: the same error.
-asio::awaitable<result<backend::generation_result>> guarded_generate(backend::backend& be,
-                                                                     backend::generation_request const& req,
-                                                                     backend::token_sink* sink) {
-  std::string what;
-  try {
-    co_return co_await be.generate(req, sink);
-  } catch (std::exception const& e) {
-    what = e.what();
-  } catch (...) {
-    what = "unknown exception";
-  }
-  co_return ray::error{errc::provider_request_failed, "the backend call failed inside the gateway: " + what};
-}
-
-class flight_sink final : public backend::token_sink {
- public:
-  explicit flight_sink(flight& f) : f_(f) {}
-  void on_delta(std::string_view text) override {
-    if (f_.streaming && f_.deadline) f_.deadline->expires_after(f_.idle_token);
-    f_.ph = phase::decode;
-    f_.produced.append(text);
-    f_.deltas.emplace_back(text);
-    for (auto* l : f_.listeners)
-      l->on_text(text);
-  }
-  void on_tool_calls(boost::json::value const& delta) override {
-    if (f_.streaming && f_.deadline) f_.deadline->expires_after(f_.idle_token);
-    f_.ph = phase::decode;
-    for (auto* l : f_.listeners)
-      l->on_tool_calls(delta);  // tool requests are never joined: no replay
-  }
-  void on_logprobs(boost::json::value const& logprobs) override {
-    for (auto* l : f_.listeners)
-      l->on_logprobs(logprobs);  // logprobs requests are never joined either (api's cacheable()): no replay
-  }
-
- private:
-  flight& f_;
-};
-
-// A request ready for single-flight and admission (both routes build one).
-struct prepared {
-  backend::generation_request gen;
-  std::uint64_t cost{0};
-  config::lane lane{config::lane::draft};
-  std::string flight_key;                     // empty = not joinable
-  std::optional<cache::cache_key> cache_key;  // set when the result may be stored
-  infer_result base;
-  ray::clock::time_point arrived{};
-  bool shed{false};
-  ray::runtime::stream_listener* listener{nullptr};
-  bool streaming{false};  // first-token/idle-token deadlines instead of the total one
-};
-
-}  // namespace
-
-struct runtime::impl {
-  impl(asio::any_io_executor e, config::config const& c, backend::backend& b, telemetry::registry& m,
-       telemetry::logger& l, system::sampler* s, ray::clock const& clk)
-      : ex(std::move(e)),
-        cfg(c),
-        be(b),
-        log(l),
-        sampler(s),
-        clock(clk),
-        desc(b.describe()),
-        sched(scheduler::limits::from(c, desc.slots, desc.kv_pool), clk),
-        cache({.max_entries = c.cache.max_entries, .max_bytes = c.cache.max_bytes, .ttl_ms = c.cache.ttl_ms},
-              clk),
-        batch_timer(ex),
-        rejections(m.add_counter("ray_rejections_total", "Requests refused, by error code.", {"reason"},
-                                 {.json_name = "rejections"})),
-        cancellations(m.add_counter("ray_cancellations_total",
-                                    "Requests whose client left or whose deadline fired, by phase.",
-                                    {"phase"}, {.json_name = "cancellations"})),
-        degradations(m.add_counter("ray_degradations_total", "Requests served degraded, by reason.",
-                                   {"reason"}, {.json_name = "degradations"})) {
-    auto backend_requests =
-        m.add_counter("ray_backend_requests_total", "Generation calls sent to the backend, by outcome.",
-                      {"outcome"}, {.json_name = "backend.requests"});
-    backend_ok = backend_requests.with({"ok"});
-    backend_error = backend_requests.with({"error"});
-    backend_cancelled = backend_requests.with({"cancelled"});
-    backend_timeout = backend_requests.with({"timeout"});
-    cache_hits =
-        m.add_counter("ray_cache_hits_total", "Result cache hits.", {}, {.json_name = "cache.hits"}).with();
-    cache_misses =
-        m.add_counter("ray_cache_misses_total", "Result cache misses.", {}, {.json_name = "cache.misses"})
-            .with();
-    dedupe_joins =
-        m.add_counter("ray_dedupe_joins_total", "Requests that joined an identical in-flight request.", {},
-                      {.json_name = "dedupe.joins"})
-            .with();
-    chars_saved = m.add_counter("ray_prompt_chars_saved_total", "Characters the prompt compiler removed.", {},
-                                {.json_name = "promptCompiler.charsSaved"})
-                      .with();
-    queue_wait =
-        m.add_histogram("ray_queue_wait_seconds", "Time dispatched requests waited in the queue.").with();
-    ttft = m.add_histogram("ray_time_to_first_token_seconds",
-                           "Time from dispatch to the first token, for requests that reached the backend.")
-               .with();
-    auto gauge = [&](char const* name, char const* help, char const* json, std::function<double()> fn) {
-      m.add_gauge(name, help, {}, {.json_name = json}).set_function({}, std::move(fn));
-    };
-    gauge("ray_queue_depth", "Requests waiting for dispatch.", "queue.depth",
-          [this] { return double(sched.stats().queue_depth); });
-    gauge("ray_queue_tokens", "Token cost of the waiting requests.", "queue.tokens",
-          [this] { return double(sched.stats().queued_tokens); });
-    gauge("ray_inflight_requests", "Requests dispatched to the backend.", "inflight.requests",
-          [this] { return double(sched.stats().in_flight); });
-    gauge("ray_inflight_tokens", "Token cost of the dispatched requests.", "inflight.tokens",
-          [this] { return double(sched.stats().in_flight_tokens); });
-    gauge("ray_backend_up", "1 when the backend is ready or degraded.", "backend.up",
-          [this] { return backend::is_serving(be.current_state()) ? 1.0 : 0.0; });
-    gauge("ray_backend_slots_busy", "Backend slots busy with Ray's requests.", "backend.slotsBusy",
-          [this] { return double(be.current_details().slots_busy); });
-    gauge("ray_backend_load_seconds", "Duration of the backend's last model load (0 when unknown).",
-          "backend.loadSeconds", [this] { return be.current_details().load_ms.value_or(0) / 1000.0; });
-    // The Gateway API Inference Extension's model-server metrics (docs/scale-out.md maps the endpoint
-    // picker's flags to them): waiting = Ray's queue plus the server's own (llama-server's deferred
-    // requests), running = busy slots (Ray's and other clients'), KV cache in use 0..1 (left out while
-    // unknown).
-    gauge("ray_inference_requests_waiting",
-          "Requests waiting for a slot: Ray's queue plus the backend's deferred requests.",
-          "inference.requestsWaiting", [this] {
-            return double(sched.stats().queue_depth) +
-                   double(be.current_details().requests_deferred.value_or(0));
-          });
-    gauge("ray_inference_requests_running", "Requests running on the backend (busy slots, any client).",
-          "inference.requestsRunning", [this] {
-            auto const d = be.current_details();
-            return double(d.slots_busy) + double(d.slots_foreign);
-          });
-    m.add_gauge("ray_inference_kv_cache_usage_ratio",
-                "Fraction of the backend's KV cache held by running requests (0..1), from /slots; absent "
-                "while unknown.",
-                {}, {.json_name = "inference.kvCacheUsage"})
-        .set_optional_function({}, [this] { return be.current_details().kv_cache_usage; });
-    gauge("ray_memory_pressure", "1 while memory pressure degrades new work.", "pressure.memory",
-          [this] { return last_decision.memory_pressure ? 1.0 : 0.0; });
-    gauge("ray_cpu_pressure", "1 while CPU pressure degrades new work.", "pressure.cpu",
-          [this] { return last_decision.cpu_pressure ? 1.0 : 0.0; });
-    m.add_counter("ray_backend_restarts_total", "Backend restarts detected.", {},
-                  {.json_name = "backend.restarts"})
-        .set_function({}, [this] { return std::uint64_t{be.current_details().restarts}; });
-    auto dispatches =
-        m.add_counter("ray_scheduler_dispatches_total",
-                      "Dispatch decisions: best score in the lookahead window, fallback beyond it, or a "
-                      "starved request that reserved the budget.",
-                      {"kind"}, {.json_name = "scheduler.dispatches"});
-    dispatches.set_function({"scored"}, [this] { return sched.stats().dispatched_scored; });
-    dispatches.set_function({"fallback"}, [this] { return sched.stats().dispatched_fallback; });
-    dispatches.set_function({"starved"}, [this] { return sched.stats().dispatched_starved; });
-    auto states = m.add_gauge("ray_backend_state", "1 for the backend's current state.", {"state"});
-    for (auto s :
-         {backend::state::unknown, backend::state::starting, backend::state::loading, backend::state::warming,
-          backend::state::ready, backend::state::degraded, backend::state::unreachable,
-          backend::state::restarting, backend::state::failed, backend::state::misconfigured}) {
-      states.set_function({backend::state_name(s)},
-                          [this, s] { return be.current_state() == s ? 1.0 : 0.0; });
-    }
-  }
-
-  void reject(ray::error const& e) { rejections.with({code_name(e.code)}).inc(); }
-  void refresh_limits();
-  void pump();
-  void finish(std::shared_ptr<flight> const& f, result<infer_result> outcome);
-  system::decision pressure_decision();
-  // The coroutine a flight runs in: run_flight raced against the flight's stop request, and a clean end
-  // (outcome set, scheduler entries released) whatever happens inside, exceptions included.
-  asio::awaitable<void> fly(std::shared_ptr<flight> f);
-  asio::awaitable<void> run_flight(std::shared_ptr<flight> f);
-  asio::awaitable<void> guarded_run(std::shared_ptr<flight> f);  // run_flight, exceptions into f->failure
-  asio::awaitable<bool> warm_up();
-  asio::awaitable<result<infer_result>> join_or_start(prepared p);
-  // A cache hit answered with the current request's view (its degradation, its prompt report).
-  std::optional<infer_result> lookup(cache::cache_key const& key, infer_result const& base,
-                                     ray::clock::time_point arrived);
-  // 413 request_token_budget_exceeded when `cost` can never fit the budgets.
-  std::optional<ray::error> over_budget(std::uint64_t cost, std::string_view what);
-
-  asio::any_io_executor ex;
-  config::config const& cfg;
-  backend::backend& be;
-  telemetry::logger& log;
-  system::sampler* sampler;
-  ray::clock const& clock;
-  backend::description desc;
-  scheduler::scheduler sched;
-  cache::result_cache<cached_value> cache;
-  asio::steady_timer batch_timer;
-  bool batch_armed{false};
-  std::unordered_map<std::string, std::shared_ptr<flight>> joinable;
-  std::unordered_map<std::uint64_t, std::shared_ptr<flight>> waiting;  // admitted, not yet dispatched
-  std::uint64_t next_id{1};
-  system::decision last_decision{};
-
-  telemetry::counter_family rejections, cancellations, degradations;
-  telemetry::counter backend_ok, backend_error, backend_cancelled, backend_timeout;
-  telemetry::counter cache_hits, cache_misses, dedupe_joins, chars_saved;
-  telemetry::histogram queue_wait, ttft;
-};
 
 void runtime::impl::refresh_limits() {
   auto d = be.describe();
@@ -343,17 +160,6 @@ void runtime::impl::pump() {
   }
 }
 
-void runtime::impl::finish(std::shared_ptr<flight> const& f, result<infer_result> outcome) {
-  if (f->finished) return;
-  f->finished = true;
-  f->outcome = std::move(outcome);
-  if (!f->key.empty()) {
-    auto it = joinable.find(f->key);
-    if (it != joinable.end() && it->second == f) joinable.erase(it);
-  }
-  f->done.cancel();
-}
-
 system::decision runtime::impl::pressure_decision() {
   if (!sampler) {
     system::snapshot empty;
@@ -365,188 +171,26 @@ system::decision runtime::impl::pressure_decision() {
   return last_decision;
 }
 
-asio::awaitable<void> runtime::impl::guarded_run(std::shared_ptr<flight> f) {
-  try {
-    co_await run_flight(f);
-  } catch (std::exception const& e) {
-    f->failure = e.what();
-  } catch (...) {
-    f->failure = "unknown exception";
-  }
-}
-
-asio::awaitable<void> runtime::impl::fly(std::shared_ptr<flight> f) {
-  try {
-    // The stop wait goes first and never completes inline (see stop.hpp). run_flight runs guarded: inside
-    // `a || b` an exception does not end the other side (Asio 1.81 waits for one success), so a throw would
-    // leave the flight waiting for its stop.
-    if (!f->stop.stop_requested()) co_await (f->stop.wait() || guarded_run(f));
-  } catch (std::exception const& e) {
-    f->failure = e.what();
-  } catch (...) {
-    f->failure = "unknown exception";
-  }
-  auto const failure = f->failure;
-  f->deadline = nullptr;  // pointed into run_flight's frame
-  if (f->finished) co_return;
-  // No outcome: every waiter left before it could start, or the flight threw. Release what it may hold.
-  waiting.erase(f->id);
-  sched.cancel(f->id);
-  pump();
-  if (!failure.empty()) {
-    log.error("request failed inside the gateway", {{"reason", failure}});
-    backend_error.inc();
-    ray::error err{errc::provider_request_failed, "the request failed inside the gateway: " + failure};
-    reject(err);
-    finish(f, err);
-    co_return;
-  }
-  cancellations.with({phase_name(f->ph)}).inc();
-  finish(f, ray::error{errc::provider_request_failed, "the client left"});
-}
-
-asio::awaitable<void> runtime::impl::run_flight(std::shared_ptr<flight> f) {
-  co_await asio::this_coro::throw_if_cancelled(false);
-  auto cs = co_await asio::this_coro::cancellation_state;
-  auto const cancelled = [&] { return f->abandoned || cs.cancelled() != asio::cancellation_type::none; };
-  if (cancelled()) {
-    cancellations.with({"queued"}).inc();
-    finish(f, ray::error{errc::provider_request_failed, "cancelled before admission"});
-    co_return;
-  }
-
-  auto admitted = sched.admit({f->id, f->cost, f->lane, f->gen.affinity_key, std::nullopt});
-  if (!admitted) {
-    reject(admitted.error());
-    finish(f, admitted.error());
-    co_return;
-  }
-  waiting.emplace(f->id, f);
-  pump();
-
-  auto const total = std::chrono::milliseconds(cfg.scheduler.request_timeout_ms);
-  auto const queue_limit =
-      std::chrono::milliseconds(cfg.scheduler.queue_timeout_ms.value_or(cfg.scheduler.request_timeout_ms));
-  if (!f->dispatched) {
-    f->dispatch.expires_at(steady::time_point::max());
-    asio::steady_timer deadline(ex);
-    deadline.expires_after(std::chrono::duration_cast<steady::duration>(
-        std::min(queue_limit, total) -
-        std::chrono::duration_cast<std::chrono::milliseconds>(clock.now() - f->arrived)));
-    co_await (f->dispatch.async_wait(use_tuple) || deadline.async_wait(use_tuple));
-    if (!f->dispatched) {
-      waiting.erase(f->id);
-      sched.cancel(f->id);
-      pump();
-      if (f->finished) co_return;  // answered while queued (evicted when the budgets shrank)
-      if (cancelled()) {
-        cancellations.with({"queued"}).inc();
-        finish(f, ray::error{errc::provider_request_failed, "the client left while queued"});
-      } else {
-        ray::error err{errc::request_timeout,
-                       "the request waited " + std::to_string(queue_limit.count()) +
-                           " ms in the queue without being dispatched (scheduler.queueTimeoutMs)"};
-        cancellations.with({"queued"}).inc();
-        reject(err);
-        finish(f, err);
-      }
-      co_return;
-    }
-  }
-
-  // The last waiter may have left after pump() dispatched the flight but before this frame resumed: the stop
-  // was then emitted while nothing was pending, so no operation below would see it.
-  if (cancelled()) {
-    sched.cancel(f->id);
-    pump();
-    cancellations.with({"queued"}).inc();
-    finish(f, ray::error{errc::provider_request_failed, "the client left as it was dispatched"});
-    co_return;
-  }
-
-  auto const dispatched_at = clock.now();
-  queue_wait.observe(dispatched_at - f->arrived);
-  f->ph = phase::prefill;
-  flight_sink sink(*f);
-  asio::steady_timer deadline(ex);
-  if (f->streaming) {
-    deadline.expires_after(std::chrono::milliseconds(
-        cfg.scheduler.first_token_timeout_ms.value_or(cfg.scheduler.request_timeout_ms)));
-    f->idle_token = std::chrono::milliseconds(cfg.scheduler.idle_token_timeout_ms);
-    f->deadline = &deadline;
-  } else {
-    auto left = total - std::chrono::duration_cast<std::chrono::milliseconds>(dispatched_at - f->arrived);
-    deadline.expires_after(std::chrono::duration_cast<steady::duration>(left));
-  }
-  // The timer goes first: Asio 1.81's parallel_group loses the cancellation of an operation launched after
-  // one that completed inline (a mock with no latency does), so the one that never completes inline starts
-  // first.
-  auto out = co_await (deadline_watch(deadline) || guarded_generate(be, f->gen, &sink));
-  f->deadline = nullptr;
-  if (cancelled()) {
-    sched.cancel(f->id);
-    pump();
-    cancellations.with({phase_name(f->ph)}).inc();
-    backend_cancelled.inc();
-    finish(f, ray::error{errc::provider_request_failed, "the client left"});
-    co_return;
-  }
-  if (out.index() == 0) {
-    sched.cancel(f->id);
-    pump();
-    cancellations.with({phase_name(f->ph)}).inc();
-    backend_timeout.inc();
-    if (!f->produced.empty()) {
-      // Generation was under way: what was produced is the answer, cut by the deadline (OpenAI routes return
-      // it with finish_reason "length"; /v1/infer keeps its 504). Never cached.
-      infer_result r = f->base;
-      r.output = f->produced;
-      r.completion_chars = count_code_points(r.output);
-      r.completion_tokens = static_cast<std::uint32_t>(f->deltas.size());
-      r.finish_reason = "length";
-      r.truncated_by_deadline = true;
-      r.queue_ms = ms_between(f->arrived, dispatched_at);
-      finish(f, std::move(r));
-      co_return;
-    }
-    ray::error err{errc::request_timeout, "the request did not complete within scheduler.requestTimeoutMs (" +
-                                              std::to_string(cfg.scheduler.request_timeout_ms) + " ms)"};
-    reject(err);
-    finish(f, err);
-    co_return;
-  }
-  sched.complete(f->id);
-  pump();
-  auto& gen = std::get<1>(out);
-  if (!gen) {
-    backend_error.inc();
-    reject(gen.error());
-    finish(f, gen.error());
-    co_return;
-  }
-  backend_ok.inc();
-  ttft.observe(gen->ttft_ms / 1000.0);
-
-  infer_result r = f->base;
-  r.completion_chars = count_code_points(gen->text);
-  if (gen->prompt_tokens) r.prompt_tokens = gen->prompt_tokens;  // else keep the admission estimate
-  r.completion_tokens = gen->completion_tokens;
-  r.finish_reason = gen->finish_reason;
-  r.output = std::move(gen->text);
-  r.tool_calls = std::move(gen->tool_calls);
-  r.queue_ms = ms_between(f->arrived, dispatched_at);
-  r.provider = std::move(*gen);
-  r.provider.text.clear();
-  if (f->cache_key && !r.degradation.applied) {
-    cached_value v{r.output,           r.finish_reason, r.prompt_tokens, r.completion_tokens,
-                   r.completion_chars, r.provider};
-    std::size_t payload = v.output.size() + v.finish_reason.size() + sizeof(cached_value);
-    cache.put(*f->cache_key, std::move(v), payload);
-  }
-  finish(f, std::move(r));
-}
-
 asio::awaitable<bool> runtime::impl::warm_up() {
+  // Embedding and rerank models are warmed with one call of their own kind (the configured warm-up
+  // requests are generations).
+  if (cfg.model.kind != config::model_kind::chat) {
+    std::optional<ray::error> failed;
+    if (cfg.model.kind == config::model_kind::embedding) {
+      backend::embedding_request req;
+      req.inputs.emplace_back("Hello");
+      auto r = co_await be.embed(std::move(req));
+      if (!r) failed = r.error();
+    } else {
+      backend::rerank_request req;
+      req.query = "Hello";
+      req.documents.emplace_back("Hello");
+      auto r = co_await be.rerank(std::move(req));
+      if (!r) failed = r.error();
+    }
+    if (failed) log.warn("warm-up request failed", {{"reason", failed->message}});
+    co_return !failed;
+  }
   std::vector<config::warmup_request> reqs = cfg.model.adapter.warmup_requests;
   if (reqs.empty()) {
     config::warmup_request w;
@@ -600,6 +244,20 @@ std::optional<infer_result> runtime::impl::lookup(cache::cache_key const& key, i
   return r;
 }
 
+std::optional<ray::error> runtime::impl::kind_mismatch(config::model_kind k, std::string_view what) const {
+  auto const have = cfg.model.kind;
+  if (have == k) return std::nullopt;
+  ray::error err{errc::model_kind_mismatch, "the model '" + cfg.model.id + "' is of kind " +
+                                                std::string(config::model_kind_name(have)) + "; " +
+                                                std::string(what) + " requests need a model of kind " +
+                                                std::string(config::model_kind_name(k))};
+  err.param = "model";
+  err.details["model"] = cfg.model.id;
+  err.details["kind"] = config::model_kind_name(have);
+  err.details["expectedKind"] = config::model_kind_name(k);
+  return err;
+}
+
 std::optional<ray::error> runtime::impl::over_budget(std::uint64_t cost, std::string_view what) {
   auto const& lim = sched.current_limits();
   if (cost <= lim.max_inflight_tokens && cost <= lim.max_queued_tokens) return std::nullopt;
@@ -613,79 +271,7 @@ std::optional<ray::error> runtime::impl::over_budget(std::uint64_t cost, std::st
   return err;
 }
 
-asio::awaitable<result<infer_result>> runtime::impl::join_or_start(prepared p) {
-  std::string const flight_key = p.flight_key;
-  std::shared_ptr<flight> f;
-  bool joined = false;
-  if (!flight_key.empty()) {
-    if (auto it = joinable.find(flight_key);
-        it != joinable.end() && !it->second->finished && !it->second->abandoned) {
-      f = it->second;
-      joined = true;
-      dedupe_joins.inc();
-    }
-  }
-  if (!f) {
-    if (p.shed) {
-      ray::error err{errc::overloaded,
-                     "memory pressure is severe (PSI full avg10 over "
-                     "gracefulDegradation.shedAtMemoryPsiFullAvg10); new work is refused"};
-      err.retry_after_ms = sched.retry_after_ms(sched.stats().queue_depth);
-      reject(err);
-      co_return err;
-    }
-    f = std::make_shared<flight>(ex);
-    f->id = next_id++;
-    f->key = flight_key;
-    f->arrived = p.arrived;
-    f->cost = p.cost;
-    f->lane = p.lane;
-    f->gen = std::move(p.gen);
-    f->cache_key = p.cache_key;
-    f->base = std::move(p.base);
-    f->streaming = p.streaming;
-    if (!flight_key.empty()) joinable.emplace(flight_key, f);
-    // The flight owns its stop request; fly() catches everything, so the completion has nothing to report.
-    asio::co_spawn(ex, fly(f), [](std::exception_ptr) {});
-  }
-
-  // Wait as one of the flight's waiters (a streaming one first catches up on what was produced).
-  ++f->waiters;
-  if (p.listener && !f->finished) {
-    for (auto const& d : f->deltas)
-      p.listener->on_text(d);
-    f->listeners.push_back(p.listener);
-  }
-  if (!f->finished) co_await f->done.async_wait(use_tuple);
-  if (p.listener) std::erase(f->listeners, p.listener);
-  --f->waiters;
-  if (!f->finished) {
-    // This waiter left (its client went away). The last one out cancels the shared call.
-    if (f->waiters == 0) {
-      // Nobody may join a flight that is being stopped (it would answer them "the client left"): an
-      // identical request from now on starts a flight of its own.
-      f->abandoned = true;
-      if (auto it = joinable.find(f->key); !f->key.empty() && it != joinable.end() && it->second == f)
-        joinable.erase(it);
-      f->stop.request_stop();
-    }
-    co_return ray::error{errc::provider_request_failed, "the client left"};
-  }
-  if (!*f->outcome) co_return f->outcome->error();
-  infer_result r = **f->outcome;
-  if (joined) {
-    r.deduplicated = true;
-    r.degradation = p.base.degradation;  // a joiner reports its own degradation and prompt view
-    r.prompt = p.base.prompt;
-  }
-  r.latency_ms = ms_between(p.arrived, clock.now());
-  co_return r;
-}
-
-namespace {
-// What a public entry point answers when its body threw: a value, never an exception (callers race these
-// calls with `||`, where a throw would not end the other side).
-ray::error internal_failure(telemetry::logger& log, std::exception_ptr ep) {
+ray::error detail::internal_failure(telemetry::logger& log, std::exception_ptr ep) {
   std::string what = "unknown exception";
   try {
     std::rethrow_exception(ep);
@@ -696,7 +282,6 @@ ray::error internal_failure(telemetry::logger& log, std::exception_ptr ep) {
   log.error("request failed inside the gateway", {{"reason", what}});
   return ray::error{errc::provider_request_failed, "the request failed inside the gateway: " + what};
 }
-}  // namespace
 
 asio::awaitable<result<infer_result>> runtime::chat(chat_request req, stream_listener* listener) {
   std::exception_ptr failed;
@@ -728,6 +313,7 @@ asio::awaitable<result<infer_result>> runtime::chat_body(chat_request req, strea
     return err;
   };
   im.refresh_limits();
+  if (auto e = im.kind_mismatch(config::model_kind::chat, "chat and completion")) co_return fail(*e);
 
   infer_result base;
   base.model = cfg_.model.id;
@@ -921,6 +507,7 @@ asio::awaitable<result<infer_result>> runtime::infer_body(infer_request req) {
     return err;
   };
   im.refresh_limits();
+  if (auto e = im.kind_mismatch(config::model_kind::chat, "chat and completion")) co_return fail(*e);
 
   // Template.
   std::string template_family;

@@ -106,6 +106,40 @@ struct infer_result {
   backend::generation_result provider{};  // text moved into `output`
 };
 
+// A decoded /v1/embeddings or /v1/embed request (api decodes; non-empty texts, at most the route's bound).
+struct embed_call {
+  std::vector<std::string> inputs;
+  std::optional<std::uint32_t> dimensions{};  // as asked; must be the model's native size
+  bool cache{true};                           // false: neither served from nor stored in the cache
+  std::string caller{};                       // as infer_request::caller (cache.scope = key)
+};
+
+struct embed_result {
+  std::string model;
+  std::vector<std::vector<float>> vectors;  // vectors[i] belongs to inputs[i]
+  std::vector<bool> cached;                 // cached[i]: served from the result cache
+  std::uint32_t prompt_tokens{0};  // the backend's count (shared out by estimate within one call) + cached
+  std::size_t sent{0};             // distinct inputs this request sent to the backend itself
+  bool deduplicated{false};        // some input was taken from an identical one in flight
+  double queue_ms{0};
+  double latency_ms{0};
+};
+
+// A decoded /v1/rerank request (non-empty query and documents).
+struct rerank_call {
+  std::string query;
+  std::vector<std::string> documents;
+  std::optional<std::uint32_t> top_n{};
+};
+
+struct rerank_result {
+  std::string model;
+  std::vector<backend::rerank_item> results;  // best first, at most top_n
+  std::uint32_t prompt_tokens{0};
+  double queue_ms{0};
+  double latency_ms{0};
+};
+
 // Receives a streamed answer's text as the backend produces it (on the runtime's executor). A waiter that
 // joins a flight late first receives every delta produced so far, one call each, so every waiter sees the
 // same sequence.
@@ -171,6 +205,17 @@ class runtime {
   // degradation.applied_max_tokens (clamped to the cap and to the context left, never an error); a prompt
   // that does not fit is errc::context_length_exceeded with OpenAI's wording.
   boost::asio::awaitable<result<infer_result>> chat(chat_request req, stream_listener* listener = nullptr);
+  // Embeddings of a model of kind embedding (embed.cpp). Admission, queue, deadlines and shedding as a
+  // generation (cost = the sum of the inputs' token estimates); each input's vector is cached on its own and
+  // identical inputs in flight are shared, so only the misses reach the backend, in one call. A chat model is
+  // errc::model_kind_mismatch. Errors are values.
+  boost::asio::awaitable<result<embed_result>> embed(embed_call call);
+  // Rerank of a model of kind rerank: admission and cancellation as above; never cached (a rerank answer
+  // depends on the whole document list, so there is nothing per input to reuse).
+  boost::asio::awaitable<result<rerank_result>> rerank(rerank_call call);
+  // The embedding size the model produces when known: the mock's adapter.dimensions, else the length of the
+  // last vectors the backend returned.
+  std::optional<std::uint32_t> embedding_dimensions() const noexcept;
 
   // Counts a rejection decided outside the runtime (HTTP framing, decoding) in ray_rejections_total{reason}.
   void count_rejection(errc code);

@@ -4,6 +4,8 @@
 //   RAY_URL          Ray (or the proxy in front of it), the default scheduler, keep-alives every 100 ms
 //   RAY_QUEUE_URL    a second Ray (or proxy) on the same double: concurrency 1, maxQueue 2
 //   DOUBLE_URL       the double itself, for its /__control knobs and /__stats (never the system under test)
+//   RAY_EMBED_URL    a Ray serving an embedding model on the mock adapter (openai_client_test.sh only; the
+//                    embeddings test is skipped without it)
 //   GEN_TPS          the double's --gen-tps (tokens per second per slot)
 //   CTX_PER_REQUEST  the double's n_ctx per request (-c / -np)
 // Timing assertions are multiples of the token interval 1/GEN_TPS, or the Retry-After Ray gave.
@@ -20,6 +22,7 @@ function env(name) {
 const RAY_URL = env("RAY_URL");
 const RAY_QUEUE_URL = env("RAY_QUEUE_URL");
 const DOUBLE_URL = env("DOUBLE_URL");
+const RAY_EMBED_URL = process.env.RAY_EMBED_URL;
 const GEN_TPS = Number(env("GEN_TPS"));
 const CTX_PER_REQUEST = Number(env("CTX_PER_REQUEST"));
 const TOKEN_MS = 1000 / GEN_TPS;
@@ -511,3 +514,49 @@ test("responses.create answers with output_text, and its stream is the Responses
     (e) => e.status === 400 && e.code === "unsupported_parameter" && e.param === "previous_response_id",
   );
 });
+
+test(
+  "embeddings.create: a string and a 32-input batch; the SDK's base64 default decodes to the float answer",
+  { timeout: TEST_TIMEOUT, skip: RAY_EMBED_URL ? false : "RAY_EMBED_URL is not set (run by openai_client_test.sh)" },
+  async () => {
+    const openai = client(RAY_EMBED_URL);
+    // Ray serves the configured embedding model whatever name a hard-coded client sends.
+    const one = await openai.embeddings.create({ model: "text-embedding-3-small", input: `hello (${process.pid})` });
+    assert.equal(one.object, "list");
+    assert.equal(one.model, "embedder");
+    assert.equal(one.data.length, 1);
+    assert.equal(one.data[0].object, "embedding");
+    assert.equal(one.data[0].index, 0);
+    const v = one.data[0].embedding;
+    assert.equal(v.length, 64);
+    const norm = Math.sqrt(v.reduce((s, x) => s + x * x, 0));
+    assert.ok(Math.abs(norm - 1) < 1e-5, `norm ${norm}`);
+    assert.ok(one.usage.prompt_tokens > 0);
+    assert.equal(one.usage.total_tokens, one.usage.prompt_tokens);
+
+    const inputs = Array.from({ length: 32 }, (_, i) => `passage ${i} (${process.pid})`);
+    // No encoding_format: the SDK asks for base64 and decodes the float32 array itself.
+    const b64 = await openai.embeddings.create({ model: "text-embedding-3-small", input: inputs });
+    const flt = await openai.embeddings.create({
+      model: "text-embedding-3-small",
+      input: inputs,
+      encoding_format: "float",
+    });
+    assert.equal(b64.data.length, 32);
+    assert.equal(flt.data.length, 32);
+    for (let i = 0; i < 32; i++) {
+      assert.equal(b64.data[i].index, i);
+      assert.equal(flt.data[i].index, i);
+      assert.equal(b64.data[i].embedding.length, 64);
+      // The float answer is the shortest decimal of each float32: rounding it back gives the same bits.
+      assert.deepEqual(b64.data[i].embedding, flt.data[i].embedding.map(Math.fround), `input ${i}`);
+    }
+
+    // Ray does not shorten vectors: any other size is a 400 naming `dimensions`.
+    const err = await rejection(openai.embeddings.create({ model: "x", input: "short", dimensions: 8 }));
+    assert.ok(err instanceof OpenAI.BadRequestError, String(err));
+    assert.equal(err.status, 400);
+    assert.equal(err.code, "unsupported_parameter");
+    assert.equal(err.param, "dimensions");
+  },
+);

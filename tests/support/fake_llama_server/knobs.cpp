@@ -35,6 +35,8 @@ value_def const value_defs[] = {
     {"ctx_size", "-c --ctx-size", &knobs::ctx_size},
     {"parallel", "-np --parallel", &knobs::parallel},
     {"api_key", "--api-key", &knobs::api_key},
+    {"pooling", "--pooling", &knobs::pooling},
+    {"embd_dim", "--embd-dim", &knobs::embd_dim},
     {"build_info", "--build-info", &knobs::build_info},
     {"load_delay_ms", "--load-delay-ms", &knobs::load_delay_ms},
     {"prompt_tps", "--prompt-tps", &knobs::prompt_tps},
@@ -63,6 +65,8 @@ bool_def const bool_defs[] = {
     {"-kvu", &knobs::kv_unified, true},
     {"--no-kv-unified", &knobs::kv_unified, false},
     {"--metrics", &knobs::metrics, true},
+    {"--embedding", &knobs::embedding, true},
+    {"--embeddings", &knobs::embedding, true},
     {"--slots", &knobs::slots_endpoint, true},
     {"--no-slots", &knobs::slots_endpoint, false},
     {"--cache-prompt", &knobs::cache_prompt, true},
@@ -89,8 +93,7 @@ std::string_view const ignored_value_flags[] = {
 std::string_view const ignored_bool_flags[] = {
     "-cb", "--cont-batching", "-nocb", "--no-cont-batching", "--warmup", "--no-warmup",
     "--cache-idle-slots", "--no-cache-idle-slots", "--context-shift", "--no-context-shift", "--jinja",
-    "--no-jinja", "--no-webui", "--webui", "--mlock", "--no-mmap", "--mmap", "--embedding", "--embeddings",
-    "--log-disable", "--log-colors", "--no-perf", "--log-prefix", "--log-timestamps", "--check-tensors",
+    "--no-jinja", "--no-webui", "--webui", "--mlock", "--no-mmap", "--mmap", "--log-disable", "--log-colors", "--no-perf", "--log-prefix", "--log-timestamps", "--check-tensors",
     "--swa-full", "--no-op-offload", "--direct-io", "--no-direct-io", "--enable-reasoning"};
 // clang-format on
 
@@ -177,6 +180,10 @@ bool set_from_json(knobs& k, member m, json::value const& v) {
       m);
 }
 
+bool valid_pooling(std::string_view p) {
+  return p.empty() || p == "none" || p == "mean" || p == "cls" || p == "last" || p == "rank";
+}
+
 bool looks_like_flag(std::string_view a) {
   if (a.size() < 2 || a[0] != '-') return false;
   return !(a[1] >= '0' && a[1] <= '9') && a[1] != '.';
@@ -243,6 +250,11 @@ bool parse_args(int argc, char** argv, knobs& k, std::string& error) {
       k.ctx_check_prompt_only = v == "prompt";
       continue;
     }
+    if (a == "--reranking" || a == "--rerank") {
+      k.embedding = true;  // llama-server: embedding mode with rank pooling (a later --pooling overrides it)
+      k.pooling = "rank";
+      continue;
+    }
     if (a == "--api-key-file") {
       std::string_view v;
       if (!next_value(v)) return false;
@@ -288,6 +300,14 @@ bool parse_args(int argc, char** argv, knobs& k, std::string& error) {
     error = "error: --port out of range";
     return false;
   }
+  if (!valid_pooling(k.pooling)) {
+    error = "error: invalid value for --pooling: '" + k.pooling + "' (none|mean|cls|last|rank)";
+    return false;
+  }
+  if (k.embd_dim < 1 || k.embd_dim > 65536) {
+    error = "error: --embd-dim must be 1..65536";
+    return false;
+  }
   return true;
 }
 
@@ -310,6 +330,12 @@ bool apply_control(json::object const& body, knobs& k, control_actions& actions,
     if (key == "reset_stats" || key == "reset_slots") {
       if (!v.is_bool()) return bad();
       (key == "reset_stats" ? acts.reset_stats : acts.reset_slots) = v.get_bool();
+      continue;
+    }
+    if (key == "reranking" || key == "rerank") {
+      if (!v.is_bool()) return bad();
+      next.embedding = v.get_bool();
+      next.pooling = v.get_bool() ? "rank" : "";
       continue;
     }
     if (key == "ctx_check") {
@@ -351,6 +377,10 @@ bool apply_control(json::object const& body, knobs& k, control_actions& actions,
     error = "ctx_size and parallel must be positive";
     return false;
   }
+  if (!valid_pooling(next.pooling) || next.embd_dim < 1 || next.embd_dim > 65536) {
+    error = "pooling must be none|mean|cls|last|rank and embd_dim 1..65536";
+    return false;
+  }
   k = std::move(next);
   actions = acts;
   return true;
@@ -363,6 +393,8 @@ json::object knobs_json(knobs const& k) {
   }
   o["kv_unified"] = k.kv_unified;
   o["metrics"] = k.metrics;
+  o["embedding"] = k.embedding;
+  o["reranking"] = k.reranking();
   o["slots_endpoint"] = k.slots_endpoint;
   o["cache_prompt"] = k.cache_prompt;
   o["hang_before_first_token"] = k.hang_before_first_token;

@@ -25,6 +25,10 @@ struct knobs {
   bool slots_endpoint{true};  // --slots / --no-slots
   bool cache_prompt{true};    // --cache-prompt / --no-cache-prompt (default of the per-request field)
   std::string api_key;        // --api-key (or the first line of --api-key-file)
+  bool embedding{false};  // --embedding / --embeddings: serve /v1/embeddings (else 501, like llama-server)
+  std::string pooling{};  // --pooling none|mean|cls|last|rank ("" = the model's: mean); --reranking (or
+                          //   --rerank) = --embedding --pooling rank, in argument order like llama-server
+  int embd_dim{64};       // --embd-dim N: the vectors' length (a real server takes n_embd from the model)
 
   // --- test knobs
   std::string build_info{"b1-80fb11a"};  // --build-info: /props build_info and system_fingerprint
@@ -49,6 +53,10 @@ struct knobs {
   std::int64_t keep_alive_ms{5000};    // --keep-alive-ms: idle keep-alive timeout (llama-server: 5 s)
   bool ignore_sigterm{false};          // --ignore-sigterm: only SIGKILL (or SIGINT) ends the process
   bool verbose{false};                 // -v / --verbose: log every request to stderr
+
+  // The pooling in effect, and whether /v1/rerank is served (embedding mode with pooling rank).
+  std::string pooling_type() const { return pooling.empty() ? "mean" : pooling; }
+  bool reranking() const { return embedding && pooling_type() == "rank"; }
 
   // n_ctx of one request (what /props reports as default_generation_settings.n_ctx).
   int n_ctx_per_request() const {

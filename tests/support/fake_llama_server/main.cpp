@@ -85,6 +85,13 @@ struct server {
   std::map<std::string, std::uint64_t, std::less<>> requests;
   std::uint64_t inference_requests{0}, active{0}, max_concurrent{0}, max_processing{0}, completed{0},
       accepted_connections{0}, open_connections{0}, closed_connections{0}, cancelled_streams{0};
+  // Open connections no request has arrived on yet, by accept time (Ray's backend watch never sends one).
+  std::map<std::uint64_t, steady::time_point> silent;
+  std::uint64_t next_connection{0};
+  // Embeddings / rerank (counted in inference_requests too): requests, and the inputs / documents they
+  // carried.
+  std::uint64_t embedding_requests{0}, embedding_inputs{0}, rerank_requests{0}, rerank_documents{0},
+      cancelled_embeddings{0};
   std::uint64_t hold_epoch{0}, next_request_id{1};
   std::int64_t inflight_tokens{0}, max_inflight_tokens{0};
   int next_task{0};
@@ -493,6 +500,85 @@ asio::awaitable<bool> handle_inference(std::shared_ptr<conn> c, api kind, std::s
   co_return co_await send(*c, 200, std::move(out), keep);
 }
 
+// ---- embeddings and rerank: no slot is taken (llama-server batches them through its slots too, but no test
+// needs that); the same load delay, API key, --fail-status and --malformed-json as inference, and held like
+// inference by --hang-before-first-token / --hold-until-clients and paced by --prompt-tps, seeing the client
+// leave meanwhile (`cancelled_embeddings`). Returns whether the connection stays.
+asio::awaitable<bool> handle_pooled(std::shared_ptr<conn> c, bool rerank, bool oai, std::string_view path,
+                                    std::string const& body, bool keep) {
+  if (g->k.fail_status != 0)
+    co_return co_await send(*c, g->k.fail_status, error_for_status(g->k.fail_status), keep);
+  if (rerank ? !g->k.reranking() : !g->k.embedding) {
+    std::string msg = rerank ? "This server does not support reranking. Start it with `--reranking`"
+                             : "This server does not support embeddings. Start it with `--embeddings`";
+    co_return co_await send(*c, 501, error_generic(501, msg, "not_supported_error"), keep);
+  }
+  std::string out;
+  int n_tokens = 0;
+  if (rerank) {
+    auto parsed = parse_rerank(body, g->k);
+    if (auto* r = std::get_if<reply>(&parsed))
+      co_return co_await send(*c, r->status, std::move(r->body), keep);
+    auto& rq = std::get<rerank_request>(parsed);
+    remember(path, rq.body);
+    ++g->rerank_requests;
+    g->rerank_documents += rq.documents.size();
+    n_tokens = rq.n_tokens;
+    out = render_rerank(rq, g->k);
+  } else {
+    auto parsed = parse_embeddings(oai, body, g->k);
+    if (auto* r = std::get_if<reply>(&parsed))
+      co_return co_await send(*c, r->status, std::move(r->body), keep);
+    auto& rq = std::get<embd_request>(parsed);
+    remember(path, rq.body);
+    ++g->embedding_requests;
+    g->embedding_inputs += rq.inputs.size();
+    n_tokens = rq.n_tokens;
+    out = render_embeddings(rq, g->k);
+  }
+
+  ++g->inference_requests;
+  ++g->active;
+  g->max_concurrent = std::max(g->max_concurrent, g->active);
+  std::uint64_t my_epoch = g->hold_epoch;
+  if (g->k.hold_until_clients > 0 && g->active >= static_cast<std::uint64_t>(g->k.hold_until_clients)) {
+    ++g->hold_epoch;
+    notify_all();
+  }
+  auto ex = c->stream.get_executor();
+  auto ctx = std::make_shared<infer_ctx>(ex);
+  // Watch the client only while the answer waits (a watcher left on an answered request would linger).
+  bool watching = g->k.prompt_tps > 0 || g->k.hang_before_first_token || g->k.hold_until_clients > 0;
+  if (watching) asio::co_spawn(ex, watch_peer(c, ctx), asio::detached);
+  auto stop_watching = [&] {
+    if (!watching) return;
+    watching = false;
+    ctx->finished = true;
+    boost::system::error_code ignored;
+    c->stream.socket().cancel(ignored);  // ends the watcher's wait
+  };
+  scope_exit cleanup{[&] {
+    --g->active;
+    stop_watching();
+    notify_all();
+  }};
+  if (g->k.prompt_tps > 0)
+    co_await sleep_until(*ctx,
+                         steady::now() + std::chrono::duration_cast<steady::duration>(
+                                             std::chrono::duration<double>(n_tokens / g->k.prompt_tps)));
+  while (!ctx->cancelled &&
+         (g->k.hang_before_first_token || (g->k.hold_until_clients > 0 && g->hold_epoch == my_epoch)))
+    co_await wait_event(ctx->wake);
+  if (ctx->cancelled) {
+    ++g->cancelled_embeddings;
+    co_return false;
+  }
+  stop_watching();
+  ++g->completed;
+  if (g->k.malformed_json) out = break_json(out);
+  co_return co_await send(*c, 200, std::move(out), keep);
+}
+
 // ---- other routes
 std::string stats_json() {
   json::object o;
@@ -506,9 +592,18 @@ std::string stats_json() {
   o["processing"] = busy_slots();
   o["completed"] = g->completed;
   o["cancelled_streams"] = g->cancelled_streams;
+  o["embedding_requests"] = g->embedding_requests;
+  o["embedding_inputs"] = g->embedding_inputs;
+  o["rerank_requests"] = g->rerank_requests;
+  o["rerank_documents"] = g->rerank_documents;
+  o["cancelled_embeddings"] = g->cancelled_embeddings;
   o["accepted_connections"] = g->accepted_connections;
   o["open_connections"] = g->open_connections;
   o["closed_connections"] = g->closed_connections;
+  // Silent for 100 ms at least: not a client between its connect and its first request.
+  o["silent_connections"] = std::count_if(
+      g->silent.begin(), g->silent.end(),
+      [now = steady::now()](auto const& e) { return now - e.second >= std::chrono::milliseconds(100); });
   o["max_concurrent"] = g->max_concurrent;
   o["max_processing"] = g->max_processing;
   o["inflight_tokens"] = g->inflight_tokens;
@@ -540,6 +635,8 @@ void reset_stats() {
   g->requests.clear();
   g->inference_requests = g->completed = g->cancelled_streams = g->accepted_connections = 0;
   g->closed_connections = 0;
+  g->embedding_requests = g->embedding_inputs = g->rerank_requests = g->rerank_documents = 0;
+  g->cancelled_embeddings = 0;
   g->max_concurrent = g->active;
   g->max_processing = static_cast<std::uint64_t>(busy_slots());
   g->max_inflight_tokens = g->inflight_tokens;
@@ -657,6 +754,10 @@ asio::awaitable<bool> handle(std::shared_ptr<conn> c, http::request<http::string
     co_return co_await handle_inference(c, api::text, path, req.body(), keep);
   if (post && (path == "/v1/chat/completions" || path == "/chat/completions"))
     co_return co_await handle_inference(c, api::chat, path, req.body(), keep);
+  if (post && (path == "/v1/embeddings" || path == "/embeddings" || path == "/embedding"))
+    co_return co_await handle_pooled(c, false, path == "/v1/embeddings", path, req.body(), keep);
+  if (post && (path == "/v1/rerank" || path == "/rerank" || path == "/v1/reranking" || path == "/reranking"))
+    co_return co_await handle_pooled(c, true, true, path, req.body(), keep);
   co_return co_await send(*c, 404, error_not_found(), keep);
 }
 
@@ -664,8 +765,11 @@ asio::awaitable<void> session(tcp::socket sock) {
   auto c = std::make_shared<conn>(std::move(sock));
   ++g->accepted_connections;
   ++g->open_connections;
+  auto const id = ++g->next_connection;
+  g->silent.emplace(id, steady::now());
   beast::flat_buffer buf;
-  for (int served = 0;;) {
+  int served = 0;
+  for (;;) {
     http::request_parser<http::string_body> parser;
     parser.header_limit(64 * 1024);
     parser.body_limit(std::uint64_t{256} << 20);
@@ -673,6 +777,7 @@ asio::awaitable<void> session(tcp::socket sock) {
     auto [ec, n] = co_await http::async_read(c->stream, buf, parser, use_tuple);
     if (ec) break;
     c->stream.expires_never();
+    if (served == 0) g->silent.erase(id);
     ++served;
     auto req = parser.release();
     bool keep = req.keep_alive() && served < 100;
@@ -682,6 +787,7 @@ asio::awaitable<void> session(tcp::socket sock) {
   boost::system::error_code ignored;
   c->stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
   c->stream.socket().close(ignored);
+  if (served == 0) g->silent.erase(id);
   --g->open_connections;
   ++g->closed_connections;
 }

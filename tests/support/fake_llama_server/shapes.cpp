@@ -4,6 +4,7 @@
 #include <boost/json/parse.hpp>
 #include <boost/json/stream_parser.hpp>
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <chrono>
@@ -11,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <optional>
 #include <random>
 
 namespace fake_llama {
@@ -631,6 +633,309 @@ std::string error_for_status(int status) {
 
 std::string break_json(std::string const& text) {
   return text.substr(0, text.size() / 2) + "\x01{\"oops";
+}
+
+// ---- embeddings and rerank
+
+namespace {
+
+// Whether every element of an array is an integer token id (an empty array counts, like llama-server).
+bool all_token_ids(json::array const& a) {
+  for (auto const& e : a)
+    if (!e.is_int64() && !e.is_uint64()) return false;
+  return true;
+}
+
+// One prompt of strings and/or token ids: the text the double evaluates (a token id stands for its 4-byte
+// chunk, as in parse_request) and its token count; nullopt when an element is neither.
+struct one_prompt {
+  std::string text;
+  int tokens{0};
+};
+std::optional<one_prompt> prompt_of(json::value const& p) {
+  one_prompt out;
+  auto add_id = [&](json::value const& t) {
+    std::int32_t id = t.to_number<std::int32_t>();
+    char chunk[4];
+    std::memcpy(chunk, &id, 4);
+    out.text.append(chunk, 4);
+    ++out.tokens;
+  };
+  if (p.is_string()) {
+    out.text = std::string(p.get_string());
+    out.tokens = count_tokens(out.text, true);
+    return out;
+  }
+  if (!p.is_array()) return std::nullopt;
+  bool any_string = false;
+  for (auto const& e : p.get_array()) {
+    if (e.is_string()) {
+      any_string = true;
+      out.text += std::string(e.get_string());
+      out.tokens += count_tokens(e.get_string(), false);
+    } else if (e.is_int64() || e.is_uint64()) {
+      add_id(e);
+    } else {
+      return std::nullopt;
+    }
+  }
+  if (any_string) out.tokens += 1;  // mixed prompts are tokenized with BOS; plain token lists are sent as is
+  return out;
+}
+
+std::string base64_encode(std::string_view bytes) {
+  static constexpr char table[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  std::size_t i = 0;
+  for (; i + 2 < bytes.size(); i += 3) {
+    std::uint32_t n =
+        (std::uint8_t(bytes[i]) << 16) | (std::uint8_t(bytes[i + 1]) << 8) | std::uint8_t(bytes[i + 2]);
+    out += table[(n >> 18) & 63];
+    out += table[(n >> 12) & 63];
+    out += table[(n >> 6) & 63];
+    out += table[n & 63];
+  }
+  if (i < bytes.size()) {
+    std::uint32_t n = std::uint8_t(bytes[i]) << 16;
+    if (i + 1 < bytes.size()) n |= std::uint8_t(bytes[i + 1]) << 8;
+    out += table[(n >> 18) & 63];
+    out += table[(n >> 12) & 63];
+    out += i + 1 < bytes.size() ? table[(n >> 6) & 63] : '=';
+    out += '=';
+  }
+  return out;
+}
+
+json::array float_array(std::vector<float> const& v) {
+  json::array a;
+  a.reserve(v.size());
+  for (float x : v)
+    a.emplace_back(static_cast<double>(x));
+  return a;
+}
+
+std::string echoed_model(json::object const& body, knobs const& k) {
+  if (auto const* m = body.if_contains("model"); m && m->is_string()) return std::string(m->get_string());
+  return k.alias;
+}
+
+}  // namespace
+
+std::vector<float> embedding_vector(std::string_view text, int dims, int normalize) {
+  std::uint64_t state = fnv1a(text);
+  std::vector<float> v(static_cast<std::size_t>(std::max(dims, 0)));
+  for (auto& x : v) {
+    state += 0x9e3779b97f4a7c15ull;  // splitmix64
+    std::uint64_t z = state;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    x = static_cast<float>(2.0 * (static_cast<double>(z >> 11) * 0x1.0p-53) - 1.0);
+  }
+  double sum = 0;
+  if (normalize < 0) return v;
+  if (normalize == 0) {
+    for (float x : v)
+      sum = std::max(sum, static_cast<double>(std::fabs(x)));
+    sum /= 32760.0;  // int16 range
+  } else if (normalize == 1) {
+    for (float x : v)
+      sum += std::fabs(x);
+  } else if (normalize == 2) {
+    for (float x : v)
+      sum += static_cast<double>(x) * x;
+    sum = std::sqrt(sum);
+  } else {
+    for (float x : v)
+      sum += std::pow(std::fabs(x), normalize);
+    sum = std::pow(sum, 1.0 / normalize);
+  }
+  double const scale = sum > 0 ? 1.0 / sum : 0.0;
+  for (auto& x : v)
+    x = static_cast<float>(x * scale);
+  return v;
+}
+
+std::variant<embd_request, reply> parse_embeddings(bool oai_route, std::string_view body, knobs const& k) {
+  embd_request rq;
+  rq.oai = oai_route;
+  // llama-server checks the pooling before it reads the body.
+  if (rq.oai && k.pooling_type() == "none")
+    return reply{
+        400,
+        error_generic(400, "Pooling type 'none' is not OAI compatible. Please use a different pooling type",
+                      "invalid_request_error")};
+  boost::system::error_code ec;
+  json::value v = json::parse(body, ec);
+  if (ec) return reply{500, error_generic(500, parse_error_message(body), "server_error")};
+  // A body that is not an object has no `input` (nlohmann's count() is 0): llama-server's 400 below.
+  if (v.is_object()) rq.body = std::move(v.get_object());
+  auto const& o = rq.body;
+  json::value const* prompt = o.if_contains("input");
+  if (!prompt) {
+    prompt = o.if_contains("content");
+    rq.oai = false;  // "content" is not OpenAI's: llama-server answers its own shape
+  }
+  if (!prompt)
+    return reply{400,
+                 error_generic(400, "\"input\" or \"content\" must be provided", "invalid_request_error")};
+  if (auto const* f = o.if_contains("encoding_format")) {
+    if (f->is_string() && f->get_string() == "base64") {
+      rq.base64 = true;
+    } else if (!f->is_string() || f->get_string() != "float") {
+      return reply{400,
+                   error_generic(400, "The format to return the embeddings in. Can be either float or base64",
+                                 "invalid_request_error")};
+    }
+  }
+  std::vector<one_prompt> prompts;
+  // llama-server's tokenize_input_prompts: a string, a token list or a mixed list is one prompt; any other
+  // array is a list of prompts.
+  auto is_id = [](json::value const& e) { return e.is_int64() || e.is_uint64(); };
+  bool single = prompt->is_string();
+  if (auto const* a = prompt->if_array()) {
+    bool const ids_or_strings =
+        std::all_of(a->begin(), a->end(), [&](json::value const& e) { return e.is_string() || is_id(e); });
+    single = all_token_ids(*a) || (ids_or_strings && std::any_of(a->begin(), a->end(), is_id));
+  }
+  if (single) {
+    prompts.push_back(*prompt_of(*prompt));
+  } else if (prompt->is_array()) {
+    for (auto const& p : prompt->get_array()) {
+      auto one = prompt_of(p);
+      if (!one)
+        return reply{500,
+                     error_generic(500,
+                                   "element of \"prompt\" must be a string, an list of tokens, or a list of "
+                                   "mixed strings & tokens",
+                                   "server_error")};
+      prompts.push_back(std::move(*one));
+    }
+  } else {
+    return reply{500,
+                 error_generic(500,
+                               "\"prompt\" must be a string, an list of tokens, a list of mixed strings & "
+                               "tokens, or a list of prompts",
+                               "server_error")};
+  }
+  for (auto const& p : prompts) {
+    if (p.tokens == 0)
+      return reply{400, error_generic(400, "Input content cannot be empty", "invalid_request_error")};
+    rq.inputs.push_back(p.text);
+    rq.n_tokens += p.tokens;
+  }
+  rq.normalize = int_field(o, "embd_normalize", 2);
+  rq.model = echoed_model(o, k);
+  return rq;
+}
+
+std::string render_embeddings(embd_request const& rq, knobs const& k) {
+  json::array data;
+  for (std::size_t i = 0; i < rq.inputs.size(); ++i) {
+    auto vec = embedding_vector(rq.inputs[i], k.embd_dim, rq.normalize);
+    if (!rq.oai) {
+      json::array rows;
+      if (k.pooling_type() == "none") {
+        // One unnormalised row per token: BOS, then each 4-byte chunk.
+        rows.push_back(float_array(embedding_vector("<s>", k.embd_dim, -1)));
+        for (std::size_t at = 0; at < rq.inputs[i].size(); at += 4)
+          rows.push_back(float_array(embedding_vector(rq.inputs[i].substr(at, 4), k.embd_dim, -1)));
+      } else {
+        rows.push_back(float_array(vec));
+      }
+      data.push_back(json::object{{"index", static_cast<std::int64_t>(i)}, {"embedding", std::move(rows)}});
+      continue;
+    }
+    json::object item;
+    if (rq.base64) {
+      item["embedding"] = base64_encode(
+          std::string_view(reinterpret_cast<char const*>(vec.data()), vec.size() * sizeof(float)));
+    } else {
+      item["embedding"] = float_array(vec);
+    }
+    item["index"] = static_cast<std::int64_t>(i);
+    item["object"] = "embedding";
+    if (rq.base64) item["encoding_format"] = "base64";
+    data.push_back(std::move(item));
+  }
+  if (!rq.oai) return dump(data);
+  json::object o;
+  o["model"] = rq.model;
+  o["object"] = "list";
+  o["usage"] = json::object{{"prompt_tokens", rq.n_tokens}, {"total_tokens", rq.n_tokens}};
+  o["data"] = std::move(data);
+  return dump(o);
+}
+
+std::variant<rerank_request, reply> parse_rerank(std::string_view body, knobs const& k) {
+  boost::system::error_code ec;
+  json::value v = json::parse(body, ec);
+  if (ec) return reply{500, error_generic(500, parse_error_message(body), "server_error")};
+  rerank_request rq;
+  if (v.is_object()) rq.body = std::move(v.get_object());  // else no `query`: the 400 below
+  auto const& o = rq.body;
+  rq.tei = o.contains("texts");
+  auto const* q = o.if_contains("query");
+  if (!q) return reply{400, error_generic(400, "\"query\" must be provided", "invalid_request_error")};
+  if (!q->is_string())
+    return reply{400, error_generic(400, "\"query\" must be a string", "invalid_request_error")};
+  rq.query = std::string(q->get_string());
+  auto const* docs = o.if_contains("documents");
+  if (!docs) docs = o.if_contains("texts");
+  if (docs && docs->is_array()) {
+    for (auto const& d : docs->get_array()) {
+      if (!d.is_string()) {
+        rq.documents.clear();  // llama-server's json_value() falls back to its default: no documents
+        break;
+      }
+      rq.documents.emplace_back(d.get_string());
+    }
+  }
+  if (rq.documents.empty())
+    return reply{
+        400, error_generic(400, "\"documents\" must be a non-empty string array", "invalid_request_error")};
+  int const n = static_cast<int>(rq.documents.size());
+  rq.top_n = std::clamp(int_field(o, "top_n", n), 0, n);
+  for (auto const& d : rq.documents)
+    rq.n_tokens += count_tokens(rq.query, true) + 1 + count_tokens(d, false);
+  rq.model = echoed_model(o, k);
+  return rq;
+}
+
+std::string render_rerank(rerank_request const& rq, knobs const& k) {
+  auto const query = embedding_vector(rq.query, k.embd_dim, 2);
+  struct scored {
+    std::size_t index;
+    double score;
+  };
+  std::vector<scored> all;
+  for (std::size_t i = 0; i < rq.documents.size(); ++i) {
+    auto const doc = embedding_vector(rq.documents[i], k.embd_dim, 2);
+    double dot = 0;
+    for (std::size_t d = 0; d < doc.size(); ++d)
+      dot += static_cast<double>(query[d]) * doc[d];
+    all.push_back({i, dot});
+  }
+  std::stable_sort(all.begin(), all.end(),
+                   [](scored const& a, scored const& b) { return a.score > b.score; });
+  all.resize(static_cast<std::size_t>(rq.top_n));
+  bool const return_text = rq.tei && bool_field(rq.body, "return_text", false);
+  json::array results;
+  for (auto const& s : all) {
+    json::object e;
+    e["index"] = static_cast<std::int64_t>(s.index);
+    e[rq.tei ? "score" : "relevance_score"] = s.score;
+    if (return_text) e["text"] = rq.documents[s.index];
+    results.push_back(std::move(e));
+  }
+  if (rq.tei) return dump(results);
+  json::object o;
+  o["model"] = rq.model;
+  o["object"] = "list";
+  o["usage"] = json::object{{"prompt_tokens", rq.n_tokens}, {"total_tokens", rq.n_tokens}};
+  o["results"] = std::move(results);
+  return dump(o);
 }
 
 reply tokenize_reply(std::string_view body) {

@@ -130,6 +130,48 @@ std::string error_for_status(int status);  // --fail-status bodies
 // A JSON text cut in half with garbage appended (--malformed-json).
 std::string break_json(std::string const& text);
 
+// ---- embeddings and rerank (llama-server's --embedding / --reranking routes)
+// Vectors: `dims` floats from a splitmix64 stream seeded by FNV-1a of the evaluated text (token-id inputs:
+// their 4-byte chunks), normalised like llama-server's `embd_normalize` (2 = Euclidean, the default; -1 none;
+// 0 max-abs scaled to int16; 1 taxicab; > 2 p-norm). Tokens: an input is count_tokens(text, true) (BOS
+// included); a rerank pair is BOS + query + SEP + document.
+std::vector<float> embedding_vector(std::string_view text, int dims, int normalize = 2);
+
+struct embd_request {
+  bool oai{true};  // /v1/embeddings shape; false: /embeddings, /embedding or a `content` body
+  json::object body;
+  std::string model;                // "model" of the request (echoed), else the alias
+  std::vector<std::string> inputs;  // evaluated texts, in input order
+  int n_tokens{0};                  // all inputs, BOS included
+  bool base64{false};               // encoding_format "base64"
+  int normalize{2};                 // embd_normalize
+};
+// Validates a body like llama-server's handle_embeddings_impl (after its --embeddings check, which the server
+// does): pooling `none` on the OpenAI route → 400; neither `input` nor `content` → 400; encoding_format
+// other than float|base64 → 400; invalid JSON or an input that is not a string, a token list or a list of
+// those → 500 server_error.
+std::variant<embd_request, reply> parse_embeddings(bool oai_route, std::string_view body, knobs const& k);
+// OpenAI: {"model","object":"list","usage":{"prompt_tokens","total_tokens"},"data":[{"embedding","index",
+// "object":"embedding"}…]} (base64: the float32 bytes and "encoding_format":"base64"); else
+// [{"index","embedding":[[…]]}…] (pooling none: one row per token, unnormalised).
+std::string render_embeddings(embd_request const& rq, knobs const& k);
+
+struct rerank_request {
+  json::object body;
+  std::string model;
+  std::string query;
+  std::vector<std::string> documents;
+  int top_n{0};
+  bool tei{false};  // `texts` instead of `documents`: TEI's answer (a bare array with `score`)
+  int n_tokens{0};
+};
+// Like llama-server's post_rerank after its --reranking check: `query` missing or not a string → 400,
+// `documents` (or TEI `texts`) not a non-empty string array → 400, invalid JSON → 500.
+std::variant<rerank_request, reply> parse_rerank(std::string_view body, knobs const& k);
+// {"model","object":"list","usage":{…},"results":[{"index","relevance_score"}…]} best first, cut to top_n
+// (default: all); the score is the cosine of the query's and the document's vectors (an exact match: 1).
+std::string render_rerank(rerank_request const& rq, knobs const& k);
+
 // ---- other endpoints
 reply tokenize_reply(std::string_view body);        // POST /tokenize
 reply apply_template_reply(std::string_view body);  // POST /apply-template
