@@ -75,7 +75,8 @@ TEST(Models, AnEmptyListIsRefused) {
 }
 
 TEST(Models, NamesAreUniqueAcrossTheListCaseInsensitively) {
-  auto msg = load_error(R"({"models":[{"id":"chat","aliases":["Shared"]},{"id":"other","aliases":["shared"]}]})");
+  auto msg =
+      load_error(R"({"models":[{"id":"chat","aliases":["Shared"]},{"id":"other","aliases":["shared"]}]})");
   EXPECT_NE(msg.find("models[1].aliases[0]"), std::string::npos) << msg;
   EXPECT_NE(msg.find("models[0].aliases[0]"), std::string::npos) << msg;
   auto dup_id = load_error(R"({"models":[{"id":"same"},{"id":"SAME","kind":"embedding"}]})");
@@ -87,7 +88,8 @@ TEST(Models, AnErrorInALaterModelNamesItsListEntry) {
   EXPECT_NE(msg.find("models[2].maxOutputTokens"), std::string::npos) << msg;
   auto kind = load_error(R"({"models":[{"id":"a"},{"id":"b","kind":"vision"}]})");
   EXPECT_NE(kind.find("models[1].kind"), std::string::npos) << kind;
-  auto pooling = load_error(R"({"models":[{"id":"a"},{"id":"b","kind":"embedding","adapter":{"pooling":"max"}}]})");
+  auto pooling =
+      load_error(R"({"models":[{"id":"a"},{"id":"b","kind":"embedding","adapter":{"pooling":"max"}}]})");
   EXPECT_NE(pooling.find("models[1].adapter.pooling"), std::string::npos) << pooling;
 }
 

@@ -114,11 +114,13 @@ struct gateway {
   ray::telemetry::registry metrics;
   // No pressure sampler: it would read this machine's /proc and cgroup files, and the RSS of a sanitized
   // process would trip memory degradation at random.
-  ray::runtime::registry models{ioc.get_executor(), loaded.cfg,
-                                [this](ray::config::config const& c) {
-                                  return ray::backend::make_mock(ioc.get_executor(), c);
-                                },
-                                metrics, log, nullptr};
+  ray::runtime::registry models{
+      ioc.get_executor(),
+      loaded.cfg,
+      [this](ray::config::config const& c) { return ray::backend::make_mock(ioc.get_executor(), c); },
+      metrics,
+      log,
+      nullptr};
   ray::api::app app{loaded, log, metrics, models.primary_backend(), models.primary(), models};
   std::optional<ray::api::router> router;
   std::optional<ray::http::server> server;

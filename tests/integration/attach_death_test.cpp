@@ -1,10 +1,11 @@
 // An attached llama-server's death shows on /readyz at once, not at the next /health poll: Ray (`ray serve
 // --backend-url`, the llama.cpp adapter) keeps one connection of its own to the backend with a read pending
-// (remote.cpp, watch_loop); when it closes, one probe runs at once. The double (tests/support/fake_llama_server)
-// is killed with SIGKILL, restarted on the same port, and made to close idle connections quickly.
+// (remote.cpp, watch_loop); when it closes, one probe runs at once. The double
+// (tests/support/fake_llama_server) is killed with SIGKILL, restarted on the same port, and made to close
+// idle connections quickly.
 //
-// The poll interval is set far above every wait here, so the poll cannot explain a flip: each flip is measured
-// against the kill and printed ("[ measured ] …").
+// The poll interval is set far above every wait here, so the poll cannot explain a flip: each flip is
+// measured against the kill and printed ("[ measured ] …").
 #include "fake_llama.hpp"
 
 #include <csignal>
@@ -17,7 +18,7 @@ namespace {
 namespace json = boost::json;
 using steady = std::chrono::steady_clock;
 
-constexpr int kLongPollMs = 30000;           // no poll happens during any wait of a test using it
+constexpr int kLongPollMs = 30000;                    // no poll happens during any wait of a test using it
 constexpr auto kFlipWait = std::chrono::seconds(10);  // far below kLongPollMs
 // A flip this soon after the kill was the watch's doing (the poll is kLongPollMs, or 4 s in the restart test,
 // and its last probe ran just before the kill). The measured figure is printed; it is milliseconds.
@@ -56,9 +57,9 @@ readiness readyz(std::uint16_t port) {
           within))
     return ::testing::AssertionSuccess();
   auto r = readyz(s.port());
-  return ::testing::AssertionFailure() << "Ray not ready: /readyz " << r.status << " providerStatus `"
-                                       << r.provider << "`\n"
-                                       << s.output_tail();
+  return ::testing::AssertionFailure()
+         << "Ray not ready: /readyz " << r.status << " providerStatus `" << r.provider << "`\n"
+         << s.output_tail();
 }
 
 std::int64_t stat(fake_llama const& f, std::string_view key) {
@@ -75,11 +76,10 @@ std::int64_t health_requests(fake_llama const& f) {
 
 // Ray's watch is connected to the double: an open connection on which no request ever came.
 ::testing::AssertionResult watched(fake_llama const& f, ray_server& s) {
-  if (eventually([&] { return stat(f, "silent_connections") >= 1; }))
-    return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "no watch connection on the double: " << json::serialize(f.stats())
-                                       << "\n"
-                                       << s.output_tail();
+  if (eventually([&] { return stat(f, "silent_connections") >= 1; })) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure()
+         << "no watch connection on the double: " << json::serialize(f.stats()) << "\n"
+         << s.output_tail();
 }
 
 // SIGKILLs the double, then polls /readyz about every 20 ms (bounded by kFlipWait) until it says 503; returns
@@ -178,9 +178,10 @@ TEST(AttachDeath, ABackendClosingIdleConnectionsCausesNoReconnectStorm) {
   // Then ~3 s of idle attach: a storm would show here (a deadline-bounded wait for the failure).
   bool const storm = eventually([&] { return health_requests(f) > kBound; }, std::chrono::seconds(3));
   auto const n = health_requests(f);
-  std::printf("[ measured ] %lld GET /health in all, %.0f ms of idle attach with a 100 ms keep-alive after the "
-              "watch's first reconnect\n",
-              static_cast<long long>(n), rt::ms(steady::now() - settled_at));
+  std::printf(
+      "[ measured ] %lld GET /health in all, %.0f ms of idle attach with a 100 ms keep-alive after the "
+      "watch's first reconnect\n",
+      static_cast<long long>(n), rt::ms(steady::now() - settled_at));
   std::fflush(stdout);
   EXPECT_FALSE(storm) << n << " GET /health: the watch reconnects in a loop";
   EXPECT_LE(n, kBound);

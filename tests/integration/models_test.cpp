@@ -35,9 +35,9 @@ json::object supervised_model(std::string const& id, std::uint16_t port, json::o
                       {"modelPath", std::string(RAY_TEST_FIXTURES) + "/models/tiny-llama-64x2.gguf"},
                       {"supervise", true},
                       {"extraArgs", std::move(extra_args)}};
-  json::object adapter{{"kind", "llama.cpp"},      {"baseUrl", "http://127.0.0.1:" + std::to_string(port)},
-                       {"healthIntervalMs", 100},  {"healthTimeoutMs", 1000},
-                       {"timeoutMs", 20000},       {"launchProfile", launch}};
+  json::object adapter{{"kind", "llama.cpp"},     {"baseUrl", "http://127.0.0.1:" + std::to_string(port)},
+                       {"healthIntervalMs", 100}, {"healthTimeoutMs", 1000},
+                       {"timeoutMs", 20000},      {"launchProfile", launch}};
   json::object m{{"id", id}, {"adapter", adapter}};
   for (auto const& [k, v] : extra)
     m[k] = v;
@@ -59,10 +59,10 @@ json::object two_model_config(json::array models, json::object scheduler = {}) {
 }
 
 std::string chat_body(std::string const& model, std::string const& text = "hello") {
-  return json::serialize(json::object{
-      {"model", model},
-      {"max_tokens", 4},
-      {"messages", json::array{json::object{{"role", "user"}, {"content", text}}}}});
+  return json::serialize(
+      json::object{{"model", model},
+                   {"max_tokens", 4},
+                   {"messages", json::array{json::object{{"role", "user"}, {"content", text}}}}});
 }
 
 std::optional<rt::http_response> chat(std::uint16_t port, std::string const& model,
@@ -170,7 +170,8 @@ TEST(Models, ABusyModelIsNeverUnloadedTheOtherRequestWaitsOrGets503WithRetryAfte
       if (m.at("id") == "chat-b") return m.at("requests").to_number<int>() == 1;
     return false;
   })) << "the chat-b request never arrived";
-  EXPECT_EQ(waiting.wait_for(300ms), std::future_status::timeout) << "chat-b was served while chat-a was busy";
+  EXPECT_EQ(waiting.wait_for(300ms), std::future_status::timeout)
+      << "chat-b was served while chat-a was busy";
   EXPECT_EQ(state_of(s.port(), "chat-a"), "ready");
   EXPECT_TRUE(listening(pa));
   EXPECT_EQ(state_of(s.port(), "chat-b"), "unloaded");
@@ -238,7 +239,8 @@ TEST(Models, IdleUnloadThenTheReloadsRetryAfterIsTheMeasuredLoadTime) {
   // Idle for idleUnloadMs → unloaded (its process gone).
   auto const last_use = std::chrono::steady_clock::now();
   ASSERT_TRUE(becomes(s.port(), "chat-b", "unloaded", 10s)) << s.output_tail();
-  auto const idle_for = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - last_use);
+  auto const idle_for =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - last_use);
   EXPECT_GE(idle_for.count(), 900) << "unloaded before idleUnloadMs";
   EXPECT_EQ(counter(s.port(), R"(ray_model_unloads_total{model="chat-b",reason="idle"})"), 1);
   EXPECT_TRUE(eventually([&] { return !listening(pb); }, 10s));
@@ -252,7 +254,8 @@ TEST(Models, IdleUnloadThenTheReloadsRetryAfterIsTheMeasuredLoadTime) {
   double const told = std::stod(*again->header("retry-after-ms"));
   EXPECT_NEAR(told, measured, measured * 0.2) << "retry-after-ms vs the last measured load";
   ASSERT_TRUE(becomes(s.port(), "chat-b", "ready")) << s.output_tail();
-  double const took = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - asked).count();
+  double const took =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - asked).count();
   EXPECT_NEAR(told, took, took * 0.2) << "retry-after-ms vs how long the reload took";
   std::cout << "[ models ] first load " << measured << " ms; reload told " << told << " ms, took " << took
             << " ms\n";

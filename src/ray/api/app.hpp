@@ -70,8 +70,8 @@ struct app {
   telemetry::logger& log;
   telemetry::registry& metrics;
   backend::backend& backend;
-  runtime::runtime& rt;         // the first chat model's serving core (models.primary())
-  runtime::registry& models;    // every model: routing by name and kind, residency
+  runtime::runtime& rt;       // the first chat model's serving core (models.primary())
+  runtime::registry& models;  // every model: routing by name and kind, residency
   http::server* server{nullptr};
   backend::supervisor* supervisor{nullptr};  // when Ray runs llama-server itself
   jobs::store* job_store{nullptr};           // asyncQueue.enabled and the store opened
@@ -108,9 +108,8 @@ boost::asio::awaitable<std::optional<T>> unless_client_leaves(http::exchange& ex
 // Runs an OpenAI chat/completion, or a native inference, on the chat model `model` names (registry
 // acquire: id or alias, lenient or openai.strictModelNames, loading it when it must), the model held busy
 // until the answer; the wait for a load is bounded by scheduler.queueTimeoutMs (default requestTimeoutMs).
-boost::asio::awaitable<result<runtime::infer_result>> chat_on_model(app& a, std::string model,
-                                                                    runtime::chat_request call,
-                                                                    runtime::stream_listener* listener = nullptr);
+boost::asio::awaitable<result<runtime::infer_result>> chat_on_model(
+    app& a, std::string model, runtime::chat_request call, runtime::stream_listener* listener = nullptr);
 boost::asio::awaitable<result<runtime::infer_result>> infer_on_model(app& a, std::string model,
                                                                      runtime::infer_request req);
 
@@ -148,8 +147,9 @@ class router final : public http::handler {
   void log_unknown_fields(std::vector<std::string> const& fields, std::string_view route) const;
   // Streams an admitted OpenAI request as server-sent events; returns the status it answered for the log.
   // `model` is the name the request gave (chat_on_model chooses by it).
-  boost::asio::awaitable<unsigned> stream_openai(http::exchange& ex, std::string model, runtime::chat_request call,
-                                                 sse_format& format, std::string_view& error_code);
+  boost::asio::awaitable<unsigned> stream_openai(http::exchange& ex, std::string model,
+                                                 runtime::chat_request call, sse_format& format,
+                                                 std::string_view& error_code);
   http::response json_response(http::status st, std::string body) const;
   http::response readyz() const;
   http::response health() const;

@@ -194,7 +194,8 @@ http::response router::health() const {
   }
   {
     auto const created = std::chrono::duration_cast<std::chrono::seconds>(
-        (std::chrono::system_clock::now() - (std::chrono::steady_clock::now() - app_.started)).time_since_epoch());
+        (std::chrono::system_clock::now() - (std::chrono::steady_clock::now() - app_.started))
+            .time_since_epoch());
     boost::json::array models;
     for (auto const& v : app_.models.views()) {
       auto m = model_object(v, created.count());

@@ -63,7 +63,8 @@ namespace {
 // requestTimeoutMs), as for a place in the queue.
 ray::clock::time_point wait_deadline(app const& a) {
   auto const& s = a.cfg().scheduler;
-  return ray::system_clock().now() + std::chrono::milliseconds(s.queue_timeout_ms.value_or(s.request_timeout_ms));
+  return ray::system_clock().now() +
+         std::chrono::milliseconds(s.queue_timeout_ms.value_or(s.request_timeout_ms));
 }
 }  // namespace
 
@@ -90,12 +91,11 @@ boost::json::object model_object(runtime::model_view const& v, std::int64_t crea
   return o;
 }
 
-
 boost::asio::awaitable<result<runtime::infer_result>> chat_on_model(app& a, std::string model,
                                                                     runtime::chat_request call,
                                                                     runtime::stream_listener* listener) {
-  auto lease =
-      co_await a.models.acquire(model, config::model_kind::chat, a.cfg().openai.strict_model_names, wait_deadline(a));
+  auto lease = co_await a.models.acquire(model, config::model_kind::chat, a.cfg().openai.strict_model_names,
+                                         wait_deadline(a));
   if (!lease) co_return lease.error();
   co_return co_await lease->core().chat(std::move(call), listener);
 }

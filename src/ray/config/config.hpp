@@ -110,7 +110,7 @@ struct launch_profile {
 enum class adapter_kind { mock, openai_compatible, llama_cpp };
 // What a model serves (models.md): chat/completions, embeddings (/v1/embeddings) or rerank (/v1/rerank).
 enum class model_kind { chat, embedding, rerank };
-std::string_view model_kind_name(model_kind k) noexcept;  // "chat" | "embedding" | "rerank"
+std::string_view model_kind_name(model_kind k) noexcept;      // "chat" | "embedding" | "rerank"
 std::string_view adapter_kind_name(adapter_kind k) noexcept;  // "mock" | "openai-compatible" | "llama.cpp"
 
 struct adapter_config {

@@ -343,8 +343,9 @@ void decoder::root(json::value const& v, config& cfg) {
        {"model",
         [&](json::value const& x, std::string const& p) {
           if (v.is_object() && v.get_object().contains("models"))
-            return fail(p, "`model` and `models` are both set: list every model under `models` (the first is "
-                           "the default chat model) or configure one under `model`");
+            return fail(p,
+                        "`model` and `models` are both set: list every model under `models` (the first is "
+                        "the default chat model) or configure one under `model`");
           model(x, p, cfg.model);
         }},
        {"models", [&](json::value const& x, std::string const& p) { models(x, p, cfg); }},

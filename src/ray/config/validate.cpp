@@ -471,7 +471,8 @@ void check_models(checker& c, config const& cfg) {
     if (m.adapter.pooling) {
       static constexpr std::string_view poolings[] = {"none", "mean", "cls", "last", "rank"};
       if (std::find(std::begin(poolings), std::end(poolings), *m.adapter.pooling) == std::end(poolings))
-        c.fail("model.adapter.pooling", quote(*m.adapter.pooling) + " is not one of none, mean, cls, last, rank");
+        c.fail("model.adapter.pooling",
+               quote(*m.adapter.pooling) + " is not one of none, mean, cls, last, rank");
     }
     if (m.idle_unload_ms) c.range("model.idleUnloadMs", *m.idle_unload_ms, 0, 604'800'000);
   };
@@ -513,7 +514,8 @@ void check_models(checker& c, config const& cfg) {
                std::to_string(l->port) + " is already the port of the model at " + it->second);
     }
   }
-  if (cfg.residency.memory_budget_mib) c.range("residency.memoryBudgetMiB", *cfg.residency.memory_budget_mib, 64, 16'777'216);
+  if (cfg.residency.memory_budget_mib)
+    c.range("residency.memoryBudgetMiB", *cfg.residency.memory_budget_mib, 64, 16'777'216);
   c.range("residency.reserveMiB", cfg.residency.reserve_mib, 0, 1'048'576);
 }
 

@@ -488,7 +488,7 @@ asio::awaitable<result<client_response>> client::send(client_request const& req)
 connection_watch::connection_watch(asio::any_io_executor ex) : socket_(std::move(ex)) {}
 
 asio::awaitable<result<void>> connection_watch::connect(std::string const& host, std::uint16_t port,
-                                                       std::chrono::milliseconds timeout) {
+                                                        std::chrono::milliseconds timeout) {
   close();
   auto connected = co_await connect_to(socket_, host, port, steady::now() + timeout);
   if (!connected) close();

@@ -335,9 +335,8 @@ struct registry::impl {
 
   // Whether `want` fits once every unpinned supervised model is gone.
   bool could_fit(entry const& want) const {
-    std::uint64_t fixed = cfg.residency.count_attached_mib
-                              ? std::uint64_t{*cfg.residency.count_attached_mib} * 1024 * 1024
-                              : 0;
+    std::uint64_t fixed =
+        cfg.residency.count_attached_mib ? std::uint64_t{*cfg.residency.count_attached_mib} * 1024 * 1024 : 0;
     for (auto const& e : entries)
       if (e.get() != &want && e->supervised() && e->model().pinned && e->holds_memory())
         fixed += e->estimated_bytes.value_or(0);

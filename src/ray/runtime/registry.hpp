@@ -58,7 +58,7 @@ struct model_view {
   std::uint64_t load_count{0};
   std::uint32_t in_flight{0};
   std::uint32_t queued{0};
-  std::uint32_t requests{0};  // requests holding the model: waiting for it to load, queued or running
+  std::uint32_t requests{0};        // requests holding the model: waiting for it to load, queued or running
   std::uint32_t context_window{0};  // per request, as its runtime applies it
   std::string quantization;
   config::adapter_kind adapter{config::adapter_kind::mock};
