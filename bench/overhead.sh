@@ -597,10 +597,10 @@ mkdir -p bench/results
   printf '%s' "$agree_rows"
   echo
   echo "\`double\`: the matrix's non-streaming request straight to the double. \`cachehit\`: \`POST /v1/infer\` answered"
-  echo "from Ray's cache. Both are CPU-bound: client and server share the two cores, so the client's own per-request"
-  echo "cost shows (a lighter client leaves the server more CPU); reported for information, not judged. \`reference\`:"
-  echo "the bare reference server — the load generator's own ceiling, far above what Ray serves proxied."
-  echo "Both are single-threaded event loops with keep-alive connections; wrk with \`-t1\`."
+  echo "from Ray's cache. \`reference\`: the bare reference server, the load generator's own ceiling. These two are"
+  echo "CPU-bound (client and server share the two cores, so a lighter client leaves the server more CPU): reported"
+  echo "for information, not judged. ray bench and wrk are single-threaded event loops with keep-alive connections"
+  echo "(wrk with \`-t1\`)."
   echo
   echo "## Cache hit vs \`/livez\` (Ray, profile tiny, mock backend; wrk -t1 -c16 -d${cell_s}s, medians of $rounds)"
   echo
